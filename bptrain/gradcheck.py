@@ -66,18 +66,20 @@ def numerical_gradient(evaluate: Callable[[], float], x: np.ndarray, indices: np
     `x` is changed in place and restored. Returns (numeric gradients, kink-crossed flags).
     `branches()`, if given, fingerprints the kinked gates' branches after an evaluation.
     """
-    flat = x.reshape(-1)  # a view: writing it moves x
     numeric = np.empty(len(indices))
     crossed = np.zeros(len(indices), dtype=bool)
     for k, i in enumerate(indices):
-        old = flat[i]
-        flat[i] = old + h
+        # Index x itself (C-order flat index -> multi-index): x.reshape(-1) is a copy, not a
+        # view, when x is not C-contiguous (a transposed or Fortran-ordered array).
+        at = np.unravel_index(i, x.shape)
+        old = x[at]
+        x[at] = old + h
         plus = float(evaluate())
         above = branches() if branches else None
-        flat[i] = old - h
+        x[at] = old - h
         minus = float(evaluate())
         below = branches() if branches else None
-        flat[i] = old
+        x[at] = old
         numeric[k] = (plus - minus) / (2 * h)
         crossed[k] = branches is not None and not _same(above, below)
     return numeric, crossed

@@ -188,6 +188,7 @@ class Graph:
         self._names: dict[str, Node] = {}
         self._plans: dict[int, tuple[list[Node], list[Node]]] = {}
         self.training = True
+        self._gates: set[int] = set()  # ids of the gate instances applied in this graph
 
     # ---- building -------------------------------------------------------------------------
     def _add(self, node: Node) -> Node:
@@ -229,9 +230,16 @@ class Graph:
         for n in nodes:
             if n.graph is not self:
                 raise ValueError(f"node {n.name!r} belongs to another graph")
+        if id(gate) in self._gates:
+            # A gate keeps its last forward's values for backward: one instance per node.
+            raise ValueError(f"this {gate.label()} gate is already applied in the graph; "
+                             "create a new gate for each use")
+        gate.training = self.training  # a gate added in evaluation mode starts in it
         wants = any(n.requires_grad for n in nodes)
-        return self._add(Node(self, "op", name or self._fresh_name(gate.label().split("(")[0]),
+        node = self._add(Node(self, "op", name or self._fresh_name(gate.label().split("(")[0]),
                               gate=gate, inputs=nodes, requires_grad=wants))
+        self._gates.add(id(gate))
+        return node
 
     def __getitem__(self, name: str) -> Node:
         return self._names[name]

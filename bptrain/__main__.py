@@ -1,0 +1,3 @@
+from bptrain.cli import main
+
+main()

@@ -1,0 +1,432 @@
+"""Terminal line charts drawn with Unicode braille, for loss curves and overlaid runs.
+
+Each character cell of the plot area is a braille glyph (U+2800 block) holding a 2x4 grid of
+dots, so a 56x16-cell plot is a 112x64-dot canvas. Consecutive points of a series are joined
+with Bresenham line segments on that canvas. Stdlib + rich only (no NumPy import): x and y may
+be any sequences of numbers, NumPy arrays included.
+
+    >>> from bptrain.chart import Series, chart_lines
+    >>> print("\\n".join(chart_lines([Series("train", [1, 2, 3], [3.0, 2.0, 1.5])])))
+
+Layout of the lines (top to bottom; ``chart_lines`` and ``line_chart`` give the same text):
+
+    [title]                  only if ``title``; centered over the plot area
+    [y label]                only if ``y_label`` or a log axis: "loss" / "loss (log scale)"
+    plot rows x height       "<tick label> ┤<braille>" on tick rows, "<blanks> │<braille>" else
+    x axis                   "<blanks> └──┬─────┬──"  (┬ marks each x tick)
+    x tick labels            each centered under its ┬ (shifted to stay inside the width)
+    [x label]                only if ``x_label``; centered under the plot area
+    legend                   "━━ train  ━━ val" in each series' color
+
+Every line is at most ``width`` characters, trailing blanks stripped. The y axis has 4-6 tick
+labels at evenly spaced values from the minimum (bottom row) to the maximum (top row) of the
+data, each on the row where a point with that value would be drawn. The x axis has ticks at nice
+round positions (1, 2, 2.5, 5 x 10^k; integer steps for integer x such as epochs).
+
+Robustness: None/NaN/inf points are skipped (the line joins the neighbouring finite points);
+series with no finite point are not drawn and are marked "(no data)" in the legend; a constant
+series or a single point get a padded range; ``width``/``height`` are raised to at least 30/5.
+Where two series share a character cell the dots are OR-ed and the later series' color wins.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from rich.text import Text
+
+__all__ = ["Series", "line_chart", "chart_lines", "PALETTE", "format_number"]
+
+PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red")
+MIN_WIDTH, MIN_HEIGHT = 30, 5
+AXIS_STYLE = "bright_black"
+LABEL_STYLE = "italic"
+
+# Braille dot bits indexed [row within the cell 0..3][column within the cell 0..1].
+_DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
+_BRAILLE = 0x2800
+
+_Run = tuple[str, "str | None"]  # (text, rich style) pieces of one output line
+
+
+@dataclass
+class Series:
+    """One curve: y against x (equal lengths; extra items of the longer one are ignored)."""
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    style: str | None = None   # a rich color/style; None = next color of PALETTE
+
+
+def format_number(v: float, sig: int = 3) -> str:
+    """A tick label: `sig` significant digits, scientific for |v| >= 1e5 or < 1e-3.
+
+    >>> format_number(2.5e7), format_number(1.234e-4), format_number(0.59341), format_number(12)
+    ('2.5e+07', '1.23e-04', '0.593', '12')
+    """
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1e5 or a < 1e-3:
+        mantissa, exp = f"{v:.{sig - 1}e}".split("e")
+        if "." in mantissa:
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{exp}"
+    decimals = max(0, sig - 1 - math.floor(math.log10(a)))
+    s = f"{v:.{decimals}f}"
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def _finite_points(s: Series) -> list[tuple[float, float]]:
+    """(x, y) pairs of a series with None/NaN/inf (and absurd |v| > 1e300) dropped."""
+    out = []
+    for xv, yv in zip(s.x, s.y):
+        try:
+            xf, yf = float(xv), float(yv)
+        except (TypeError, ValueError):
+            continue
+        if -1e300 < xf < 1e300 and -1e300 < yf < 1e300:    # False for NaN and inf too
+            out.append((xf, yf))
+    return out
+
+
+def _pad_range(lo: float, hi: float, log: bool) -> tuple[float, float]:
+    if hi - lo > max(1e-300, 1e-12 * max(abs(lo), abs(hi))):
+        return lo, hi
+    lo = hi = (lo + hi) / 2
+    if log:                      # values are log10(y): half a decade either side
+        return lo - 0.5, hi + 0.5
+    pad = abs(lo) * 0.1 if lo != 0 else 1.0
+    return lo - pad, hi + pad
+
+
+def _x_ticks(x0: float, x1: float, cols: int, integral: bool) -> list[tuple[float, str]]:
+    """3-6 ticks at round positions within [x0, x1] whose labels fit in `cols` columns."""
+    span = x1 - x0
+    top = math.floor(math.log10(span))
+    candidates = []
+    for e in range(top - 3, top + 2):
+        for m in (1, 2, 2.5, 5):
+            step = m * 10.0 ** e
+            if integral and step >= 1 and step != int(step):
+                continue
+            candidates.append(step)
+
+    def ticks_for(step: float) -> list[tuple[float, str]]:
+        k0, k1 = math.ceil(x0 / step - 1e-9), math.floor(x1 / step + 1e-9)
+        decimals = 0
+        while decimals < 12 and abs(round(step, decimals) - step) > 1e-9 * step:
+            decimals += 1
+        out = []
+        for k in range(k0, k1 + 1):
+            v = k * step
+            if abs(v) >= 1e6 or (v != 0 and decimals > 4):
+                label = format_number(v)
+            else:
+                label = f"{v:.{decimals}f}"
+                if label.startswith("-") and float(label) == 0:
+                    label = label[1:]
+            out.append((v, label))
+        return out
+
+    chosen: list[tuple[float, str]] = []
+    for step in candidates:                     # smallest step that is not crowded
+        if math.floor(x1 / step + 1e-9) - math.ceil(x0 / step - 1e-9) >= 6:
+            continue
+        ticks = ticks_for(step)
+        widest = max((len(lbl) for _, lbl in ticks), default=1)
+        if len(ticks) <= 6 and step / span * cols >= widest + 2:
+            chosen = ticks
+            break
+    if not chosen:                              # very narrow: the ends only
+        chosen = [(x0, format_number(x0)), (x1, format_number(x1))]
+    if integral and chosen and len(chosen) >= 2:
+        step = chosen[1][0] - chosen[0][0]
+        if step < 1:                            # prefer whole epochs when there are enough
+            whole = ticks_for(1.0)
+            if 3 <= len(whole) <= 6:
+                chosen = whole
+    return chosen
+
+
+def _y_ticks(t0: float, t1: float, height: int, log: bool, row_of) -> list[float]:
+    """4-6 y tick positions (in axis units: y, or log10 y): t1 and t0 themselves plus round
+    values between them (1, 2, 2.5, 5 x 10^k; whole decades on a log axis), each on its own row
+    with a blank row between labels when the plot is tall enough. Falls back to evenly spaced
+    values when round ones do not fit."""
+    n = max(4, min(6, height // 3 + 1))            # labels wanted, ends included
+    gap = 2 if height >= 10 else 1                  # least row distance between labels
+    ends = (row_of(t1), row_of(t0))
+    span = t1 - t0
+    top = math.floor(math.log10(span))
+    if log:
+        steps = [m * 10 ** e for e in range(0, max(1, top) + 2) for m in (1, 2, 3, 5)]
+        steps = sorted(set(steps))
+    else:
+        steps = [m * 10.0 ** e for e in range(top - 3, top + 2) for m in (1, 2, 2.5, 5)]
+    for step in steps:
+        k0, k1 = math.ceil(t0 / step - 1e-9), math.floor(t1 / step + 1e-9)
+        if k1 - k0 + 1 > 4 * n:
+            continue
+        inner = [k * step for k in range(k0, k1 + 1)]
+        inner = [t for t in inner
+                 if row_of(t) - ends[0] >= gap and ends[1] - row_of(t) >= gap]
+        rows = [row_of(t) for t in sorted(inner, reverse=True)]
+        if not 2 <= len(inner) <= n - 2:
+            continue
+        if all(b - a >= gap for a, b in zip(rows, rows[1:])):
+            return [t1, *sorted(inner, reverse=True), t0]
+    out = []                                        # evenly spaced exact values
+    for i in range(n):
+        t = t1 - span * i / (n - 1)
+        if not out or row_of(t) != row_of(out[-1]):
+            out.append(t)
+    return out
+
+
+def _place(line: list[str], text: str, start: int) -> None:
+    for i, ch in enumerate(text):
+        if 0 <= start + i < len(line):
+            line[start + i] = ch
+
+
+def _strip_runs(runs: list[_Run]) -> list[_Run]:
+    """Drop trailing blanks of a line (and empty pieces)."""
+    runs = [r for r in runs if r[0]]
+    while runs:
+        text, style = runs[-1]
+        stripped = text.rstrip(" ")
+        if stripped:
+            runs[-1] = (stripped, style)
+            break
+        runs.pop()
+    return runs
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def _render(series: Sequence[Series], width: int, height: int, title: str | None,
+            x_label: str, y_label: str, log_y: bool | None) -> list[list[_Run]]:
+    width, height = max(int(width), MIN_WIDTH), max(int(height), MIN_HEIGHT)
+    styles = [s.style or PALETTE[i % len(PALETTE)] for i, s in enumerate(series)]
+
+    # -- data, scale and ranges ------------------------------------------------------------
+    raw = [_finite_points(s) for s in series]
+    ys = [y for pts in raw for _, y in pts]
+    if log_y is None:
+        log_y = bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 1e3
+    if log_y:
+        pts_all = [[(x, math.log10(y)) for x, y in pts if y > 0] for pts in raw]
+    else:
+        pts_all = raw
+    xs = [x for pts in pts_all for x, _ in pts]
+    ts = [t for pts in pts_all for _, t in pts]
+    has_data = bool(xs)
+    if has_data:
+        x0, x1 = _pad_range(min(xs), max(xs), log=False)
+        if min(xs) == max(xs) and float(min(xs)).is_integer():
+            x0, x1 = min(xs) - 1, max(xs) + 1
+        t0, t1 = _pad_range(min(ts), max(ts), log=log_y)
+    else:
+        x0, x1, t0, t1 = 0.0, 1.0, 0.0, 1.0
+        if log_y:
+            t0, t1 = -1.0, 1.0
+    integral_x = has_data and all(float(x).is_integer() for x in xs)
+
+    def value(t: float) -> float:
+        return 10.0 ** t if log_y else t
+
+    # -- y ticks: the min (bottom row), the max (top row) and round values between -----------
+    h4 = height * 4
+    sy = (h4 - 1) / (t1 - t0)
+
+    def py_of(t: float) -> int:
+        return min(h4 - 1, max(0, round((t1 - t) * sy)))
+
+    tick_ts = _y_ticks(t0, t1, height, log_y, lambda t: py_of(t) // 4)
+    tick_rows = [py_of(t) // 4 for t in tick_ts]
+    for sig in range(3, 8):                         # more digits only if labels would repeat
+        labels = [format_number(value(t), sig) for t in tick_ts]
+        if len(set(labels)) == len(labels):
+            break
+    row_label = {}
+    for row, lbl in zip(tick_rows, labels):
+        row_label.setdefault(row, lbl)
+    gutter = max(len(lbl) for lbl in labels)
+    plot_w = width - gutter - 2
+    left = gutter + 2                                # column where the plot area starts
+
+    # -- canvas ----------------------------------------------------------------------------
+    w2 = plot_w * 2
+    sx = (w2 - 1) / (x1 - x0)
+    bits = [0] * (plot_w * height)
+    owner = [-1] * (plot_w * height)
+
+    for si, pts in enumerate(pts_all):
+        if not pts:
+            continue
+        pix = []
+        for x, t in pts:
+            px = min(w2 - 1, max(0, round((x - x0) * sx)))
+            p = (px, py_of(t))
+            if not pix or pix[-1] != p:
+                pix.append(p)
+        pix = _thin(pix)
+        if len(pix) == 1:                             # a lone point: a short horizontal dash
+            px, py = pix[0]
+            pix = [(px & ~1, py), ((px & ~1) + 1, py)] if (px & ~1) + 1 < w2 else pix
+        _draw(pix, bits, owner, si, plot_w)
+
+    # -- lines -----------------------------------------------------------------------------
+    lines: list[list[_Run]] = []
+    if title:
+        t = _fit(title, width)
+        pad = max(0, left + (plot_w - len(t)) // 2) if len(t) <= plot_w else 0
+        lines.append([(" " * pad, None), (t, "bold")])
+    ylab = f"{y_label} (log scale)".strip() if log_y else y_label
+    if ylab:
+        lines.append([(_fit(ylab, width), LABEL_STYLE)])
+
+    blank_row = " " * gutter
+    no_data_row = height // 2
+    for r in range(height):
+        lbl = row_label.get(r)
+        runs: list[_Run] = [((lbl.rjust(gutter) if lbl else blank_row) + " ", None),
+                            ("┤" if lbl else "│", AXIS_STYLE)]
+        base = r * plot_w
+        cur_text: list[str] = []
+        cur_style: str | None = None
+        for c in range(plot_w):
+            b = bits[base + c]
+            if b:
+                ch, st = chr(_BRAILLE + b), styles[owner[base + c]]
+            else:
+                ch, st = " ", None
+            if st != cur_style and cur_text:
+                runs.append(("".join(cur_text), cur_style))
+                cur_text = []
+            cur_style = st
+            cur_text.append(ch)
+        if cur_text:
+            runs.append(("".join(cur_text), cur_style))
+        if not has_data and r == no_data_row:
+            msg = "no data"
+            runs = runs[:2] + [(" " * max(0, (plot_w - len(msg)) // 2), None), (msg, "dim")]
+        lines.append(_strip_runs(runs))
+
+    ticks = _x_ticks(x0, x1, plot_w, integral_x) if has_data else [(0.0, "0"), (1.0, "1")]
+    axis = ["─"] * plot_w
+    label_line = [" "] * width
+    last_end = -1
+    for v, lbl in ticks:
+        col = min(w2 - 1, max(0, round((v - x0) * sx))) // 2
+        axis[col] = "┬"
+        start = left + col - (len(lbl) - 1) // 2
+        start = max(0, min(start, width - len(lbl)))
+        if start > last_end + 1 or last_end < 0:     # skip a label that would touch the last
+            _place(label_line, lbl, start)
+            last_end = start + len(lbl) - 1
+    lines.append([(blank_row + " ", None), ("└" + "".join(axis), AXIS_STYLE)])
+    lines.append(_strip_runs([("".join(label_line), None)]))
+    if x_label:
+        xl = _fit(x_label, width)
+        pad = max(0, left + (plot_w - len(xl)) // 2) if len(xl) <= plot_w else 0
+        lines.append([(" " * pad, None), (xl, LABEL_STYLE)])
+
+    legend: list[_Run] = []
+    used = 0
+    for i, s in enumerate(series):
+        piece_len = 3 + len(s.label) + (10 if not pts_all[i] else 0) + (2 if legend else 0)
+        if legend and used + piece_len > width:
+            lines.append(_strip_runs(legend))
+            legend, used = [], 0
+            piece_len -= 2
+        if legend:
+            legend.append(("  ", None))
+        legend += [("━━ ", styles[i]), (s.label, styles[i])]
+        if not pts_all[i]:
+            legend.append((" (no data)", "dim"))
+        used += piece_len
+    if legend:
+        lines.append(_strip_runs(legend))
+    return lines
+
+
+def _thin(pix: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Within each run of consecutive dots in one dot column keep only the first, lowest,
+    highest and last (in order): the segments then light exactly the same dots, but thousands
+    of noisy points cost a few per column."""
+    out: list[tuple[int, int]] = []
+    i, n = 0, len(pix)
+    while i < n:
+        j = i + 1
+        px = pix[i][0]
+        while j < n and pix[j][0] == px:
+            j += 1
+        if j - i <= 4:
+            out.extend(pix[i:j])
+        else:
+            run = pix[i:j]
+            lo = min(range(len(run)), key=lambda k: run[k][1])
+            hi = max(range(len(run)), key=lambda k: run[k][1])
+            keep = sorted({0, lo, hi, len(run) - 1})
+            out.extend(run[k] for k in keep)
+        i = j
+    return out
+
+
+def _draw(pix: list[tuple[int, int]], bits: list[int], owner: list[int], si: int,
+          plot_w: int) -> None:
+    """Bresenham segments between consecutive dot coordinates (px, py)."""
+    dots = _DOTS
+    x, y = pix[0]
+    cell = (y >> 2) * plot_w + (x >> 1)
+    bits[cell] |= dots[y & 3][x & 1]
+    owner[cell] = si
+    for x1, y1 in pix[1:]:
+        dx, dy = abs(x1 - x), -abs(y1 - y)
+        stx = 1 if x < x1 else -1
+        sty = 1 if y < y1 else -1
+        err = dx + dy
+        while x != x1 or y != y1:
+            e2 = 2 * err
+            if e2 >= dy:
+                err += dy
+                x += stx
+            if e2 <= dx:
+                err += dx
+                y += sty
+            cell = (y >> 2) * plot_w + (x >> 1)
+            bits[cell] |= dots[y & 3][x & 1]
+            owner[cell] = si
+
+
+def chart_lines(series: Sequence[Series], *, width: int = 72, height: int = 16,
+                title: str | None = None, x_label: str = "epoch", y_label: str = "loss",
+                log_y: bool | None = None) -> list[str]:
+    """The chart as plain strings (no styles), one per line; see the module doc for the layout.
+
+    ``log_y=None`` picks a log10 y axis when every finite y is > 0 and max/min > 1e3;
+    ``True`` forces it (y <= 0 points are then skipped), ``False`` forbids it."""
+    rows = _render(series, width, height, title, x_label, y_label, log_y)
+    return ["".join(text for text, _ in runs) for runs in rows]
+
+
+def line_chart(series: Sequence[Series], *, width: int = 72, height: int = 16,
+               title: str | None = None, x_label: str = "epoch", y_label: str = "loss",
+               log_y: bool | None = None) -> Text:
+    """The chart as a styled ``rich.text.Text`` (lines joined by newlines, no wrapping, cropped
+    if the console is narrower than ``width``); its plain text equals ``chart_lines``."""
+    rows = _render(series, width, height, title, x_label, y_label, log_y)
+    text = Text(no_wrap=True, overflow="crop", end="\n")
+    for i, runs in enumerate(rows):
+        if i:
+            text.append("\n")
+        for piece, style in runs:
+            text.append(piece, style=style)
+    return text

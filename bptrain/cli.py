@@ -1,0 +1,105 @@
+"""The command line: thin typer commands that parse, delegate, and turn errors into messages.
+
+Heavy modules (numpy and everything that uses it) are imported inside the commands, so
+`bptrain --help` stays fast."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="bptrain: train neural networks declared in YAML with a readable "
+                       "graph-of-gates backprop engine.")
+_state = {"debug": False}
+
+SET_HELP = "Override a config key, e.g. --set optimizer.lr=0.05 (repeatable)."
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
+    _state["debug"] = debug or bool(os.environ.get("BPTRAIN_DEBUG"))
+
+
+def _fail(exc: BaseException) -> None:
+    """Print a BptrainError as one paragraph and exit with its code (traceback with --debug)."""
+    from bptrain.errors import BptrainError
+    from bptrain.report import error, make_console
+    if _state["debug"]:
+        raise exc
+    if isinstance(exc, BptrainError):
+        error(make_console(stderr=True), str(exc))
+        raise typer.Exit(exc.exit_code)
+    raise exc
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to train."),
+        set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its checkpoint."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+        ) -> None:
+    """Train the network a config declares; outputs land in runs/<name>/."""
+    from bptrain.errors import BptrainError, EXIT_USAGE
+    try:
+        from bptrain.config import dump_config, load_config
+        from bptrain.report import RichReporter
+        from bptrain.train import train
+        if resume is None and config is None:
+            raise BptrainError("give a config to train (bptrain run configs/mlp.yaml) or a run "
+                               "to continue (bptrain run --resume runs/NAME).")
+        if resume is not None and (config is not None or set_):
+            raise BptrainError("--resume continues a run exactly as it was configured; drop the "
+                               "config and --set arguments (the run's config.yaml is used).")
+        cfg = load_config(config, set_) if config is not None else None
+        if print_config:
+            if cfg is None:
+                cfg = load_config(resume / "config.yaml")
+            typer.echo(dump_config(cfg), nl=False)
+            return
+        reporter = RichReporter(quiet=quiet)
+        try:
+            train(cfg, out=out, reporter=reporter, resume=resume)
+        finally:
+            reporter.close()
+    except BptrainError as e:
+        _fail(e)
+
+
+@app.command("eval")
+def eval_(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/mlp."),
+          data: Optional[Path] = typer.Option(None, "--data", help="Evaluate on this .npz/.csv instead of the run's validation split."),
+          weights: str = typer.Option("model", "--weights", help="model (final) or best."),
+          ) -> None:
+    """Reload a run and report loss, accuracy and a confusion matrix."""
+    from bptrain.errors import BptrainError
+    try:
+        from bptrain.report import confusion_table, fmt, make_console, pct
+        from bptrain.runs import evaluate_run
+        if weights not in ("model", "best"):
+            raise BptrainError(f"--weights: choose model or best, not {weights!r}.")
+        ev = evaluate_run(run_dir, str(data) if data else None, weights)
+        console = make_console()
+        console.print(f"{run_dir} ({weights}.npz) on {ev.name}: {ev.n} samples")
+        console.print(f"loss {fmt(ev.loss)}" + (f"   accuracy {pct(ev.accuracy)}"
+                                                 if ev.accuracy is not None else ""))
+        if ev.confusion is not None:
+            console.print(confusion_table(ev.confusion))
+    except BptrainError as e:
+        _fail(e)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Config: YAML (or a dict) to a typed, validated `Config`, with `key.sub=value` overrides.
+
+Every section is a dataclass; its fields are the keys a user may write, their defaults the
+values used when a key is left out. Unknown keys, wrong types, values out of range and unknown
+choices are ConfigErrors naming the key path and the fix. YAML is read with a safe loader (no
+tags that build Python objects), extended so that `1e-4` is a number as in YAML 1.2.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bptrain.errors import ConfigError
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "elu")
+LAYER_TYPES = ("affine",) + ACTIVATIONS + ("dropout",)
+LOSSES = ("softmax", "svm", "mse")
+SOURCES = ("digits", "spiral", "blobs", "xor", "regression", "npz", "csv", "cifar10", "mnist")
+
+
+def _opt(default: Any = MISSING, *, choices: tuple | None = None, ge: float | None = None,
+         gt: float | None = None, le: float | None = None, lt: float | None = None,
+         factory: Any = None) -> Any:
+    """A config field with its allowed values, checked by `_check_value`."""
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    source: str = _opt("digits", choices=SOURCES)
+    path: str | None = None            # npz, csv: a file; cifar10, mnist: a directory
+    label: str | None = None           # csv: the label column (default: the last one)
+    val_fraction: float = _opt(0.2, ge=0.0, lt=1.0)
+    standardize: bool = True
+    n_samples: int | None = _opt(None, gt=0)   # synthetic sources
+    n_features: int | None = _opt(None, gt=0)
+    n_classes: int | None = _opt(None, ge=2)
+    n_outputs: int | None = _opt(None, gt=0)
+    noise: float | None = _opt(None, ge=0.0)
+    encoding: str | None = _opt(None, choices=("onehot",))  # MSE on class labels
+
+
+@dataclass
+class LayerConfig:
+    type: str = _opt(choices=LAYER_TYPES)
+    units: int | None = _opt(None, gt=0)   # affine; the last one may be left out
+    bias: bool = True                      # affine
+    slope: float = _opt(0.01, ge=0.0)      # leaky_relu
+    alpha: float = _opt(1.0, gt=0.0)       # elu
+    p: float = _opt(0.5, ge=0.0, lt=1.0)   # dropout
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = _opt(factory=lambda: [100])
+    activation: str = _opt("relu", choices=ACTIVATIONS)
+    init: str = _opt("he", choices=("gaussian", "xavier", "he", "zeros"))
+    std: float = _opt(0.01, ge=0.0)        # gaussian init
+    bias: bool = True
+    dropout: float = _opt(0.0, ge=0.0, lt=1.0)  # after each hidden activation
+    slope: float = _opt(0.01, ge=0.0)      # leaky_relu
+    alpha: float = _opt(1.0, gt=0.0)       # elu
+    layers: list[LayerConfig] | None = None  # explicit layers instead of hidden/activation
+
+
+@dataclass
+class LossConfig:
+    type: str = _opt("softmax", choices=LOSSES)
+    margin: float = _opt(1.0, ge=0.0)      # svm
+    reduction: str = _opt("sum", choices=("sum", "mean"))  # mse
+
+
+@dataclass
+class RegularizationConfig:
+    type: str = _opt("l2", choices=("l2", "l1", "none"))
+    strength: float = _opt(0.0, ge=0.0)
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = _opt("sgd", choices=("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"))
+    lr: float = _opt(0.01, gt=0.0)
+    momentum: float | None = _opt(None, ge=0.0, lt=1.0)  # sgd: 0; momentum, nesterov: 0.9
+    decay_rate: float = _opt(0.99, ge=0.0, lt=1.0)       # rmsprop's alpha
+    beta1: float = _opt(0.9, ge=0.0, lt=1.0)
+    beta2: float = _opt(0.999, ge=0.0, lt=1.0)
+    eps: float = _opt(1e-8, gt=0.0)
+    weight_decay: float | None = _opt(None, ge=0.0)      # adamw: 0.01, others: 0
+
+
+@dataclass
+class ScheduleConfig:
+    type: str = _opt("constant", choices=("constant", "step", "exponential", "cosine"))
+    every: int = _opt(10, gt=0)            # step: epochs between decays
+    gamma: float = _opt(0.5, gt=0.0, le=1.0)  # step, exponential: factor per decay
+    min_lr: float = _opt(0.0, ge=0.0)      # cosine: the floor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _opt(10, gt=0)
+    iterations: int | None = _opt(None, gt=0)  # total steps; overrides epochs when set
+    batch_size: int = _opt(64, gt=0)
+    shuffle: bool = True
+    eval_every: int = _opt(1, gt=0)        # epochs
+    checkpoint_every: int = _opt(1, gt=0)  # epochs
+    grad_clip: float | None = _opt(None, gt=0.0)  # max global gradient norm
+    dtype: str = _opt("float64", choices=("float64", "float32"))
+    train_eval_samples: int = _opt(1000, gt=0)  # training accuracy on a fixed sample
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = _opt(0, ge=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source_path: str | None = field(default=None, repr=False, compare=False)  # not a key
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source_path")
+        if d["model"]["layers"] is None:
+            d["model"].pop("layers")
+        return d
+
+
+# ---- YAML ---------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as 1e-4 (YAML 1.1 wants 1.0e-4)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$"""),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Safe-load YAML; a syntax error or a Python tag is a ConfigError with file:line:column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        pos = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        problem = e.problem or "invalid YAML"
+        if "could not determine a constructor" in str(e):
+            problem = (f"{problem}. Tags that build Python objects are never run; write "
+                       "plain values")
+        raise ConfigError(f"{pos}: {problem}. Fix the YAML syntax there.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML ({e}).") from None
+
+
+# ---- validation ---------------------------------------------------------------------------
+def _suggest(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(args[0])}"
+    if args and len(typing.get_args(tp)) == 2:
+        return _type_name(args[0]) + " or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"
+            }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_value(value: Any, tp: Any, meta: dict, path: str) -> Any:
+    """Return `value` converted to `tp` (an int where a float is wanted), or raise."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        return _check_value(value, tp, meta, path)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}.")
+        (item,) = typing.get_args(tp)
+        return [_check_value(v, item, meta, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return _build(tp, value, path)
+    ok = (isinstance(value, bool) if tp is bool else
+          isinstance(value, int) and not isinstance(value, bool) if tp is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+          isinstance(value, str))
+    if not ok:
+        hint = " (quote nothing, and write numbers like 0.001 or 1e-3)" if tp is float else ""
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}{hint}.")
+    if tp is float:
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {value}.")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{path}: unknown value {value!r}; choose one of "
+                          f"{', '.join(choices)}.{_suggest(value, choices)}")
+    for op, bound, words in (("ge", meta.get("ge"), "at least"), ("gt", meta.get("gt"),
+                             "greater than"), ("le", meta.get("le"), "at most"),
+                             ("lt", meta.get("lt"), "less than")):
+        if bound is None or isinstance(value, str):
+            continue
+        bad = (value < bound if op == "ge" else value <= bound if op == "gt" else
+               value > bound if op == "le" else value >= bound)
+        if bad:
+            raise ConfigError(f"{path}: must be {words} {bound:g}, got {value:g}.")
+    return value
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys."""
+    label = path or "the config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping of keys to values, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.name != "source_path"]
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key.{_suggest(key, known)} Valid keys"
+                              f"{' in ' + path if path else ''}: {', '.join(known)}.")
+    values = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{path}: the key '{f.name}' is required.")
+            continue
+        where = f"{path}.{f.name}" if path else f.name
+        values[f.name] = _check_value(data[f.name], hints[f.name], dict(f.metadata), where)
+    return cls(**values)
+
+
+def _check_combinations(cfg: Config) -> None:
+    """What each key allows alone can still be impossible together."""
+    if cfg.data.source in ("npz", "csv", "cifar10", "mnist") and not cfg.data.path:
+        raise ConfigError(f"data.path: the '{cfg.data.source}' source reads a file or folder; "
+                          f"set data.path (e.g. --set data.path=my_data.{cfg.data.source}).")
+    if cfg.model.layers is not None:
+        affines = [i for i, l in enumerate(cfg.model.layers) if l.type == "affine"]
+        if not affines:
+            raise ConfigError("model.layers: needs at least one affine layer.")
+        for i in affines[:-1]:
+            if cfg.model.layers[i].units is None:
+                raise ConfigError(f"model.layers[{i}].units: hidden affine layers need "
+                                  "'units'; only the last one's is inferred from the data.")
+    if cfg.loss.type == "svm" and cfg.data.source == "regression":
+        raise ConfigError("loss.type: the SVM loss needs class labels, and the 'regression' "
+                          "source has real-valued targets; use loss.type=mse.")
+
+
+# ---- public -------------------------------------------------------------------------------
+def apply_override(data: dict, override: str) -> None:
+    """Apply one `dotted.key=value` override to a raw config mapping, in place.
+    The value is read as a YAML scalar (or flow list): `1e-4` is a number, `[64, 32]` a list."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: write it as key=value, for example "
+                          "optimizer.lr=0.05.")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"override {override!r}: the key must be a dotted path like "
+                          "optimizer.lr.")
+    value = parse_yaml(text, f"override {key}") if text.strip() else None
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{'.'.join(parts[:depth + 1])}' is a value, "
+                              "not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: Any, overrides: typing.Sequence[str] = (),
+                     source: str | None = None) -> Config:
+    """Validate a raw mapping (after overrides) into a Config."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source or 'config'}: the top level must be a mapping of sections "
+                          f"(name, data, model, ...), got {type(data).__name__}.")
+    data = _deep_copy(data)
+    for o in overrides:
+        apply_override(data, o)
+    cfg = _build(Config, data, "")
+    cfg.source_path = source
+    _check_combinations(cfg)
+    # Resolve per-type defaults so the saved config says exactly what ran.
+    opt = cfg.optimizer
+    if opt.momentum is None:
+        opt.momentum = 0.9 if opt.type in ("momentum", "nesterov") else 0.0
+    if opt.weight_decay is None:
+        opt.weight_decay = 0.01 if opt.type == "adamw" else 0.0
+    return cfg
+
+
+def load_config(path: str | Path | dict | Config,
+                overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML file (or take a dict) into a validated Config, overrides applied in order."""
+    if isinstance(path, Config):
+        return config_from_dict(path.to_dict(), overrides, path.source_path)
+    if isinstance(path, dict):
+        return config_from_dict(path, overrides)
+    p = Path(path)
+    if not p.is_file():
+        hint = " (it is a directory)" if p.is_dir() else ""
+        raise ConfigError(f"{p}: config file not found{hint}. Give the path to a YAML file, "
+                          "e.g. configs/mlp.yaml.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the config ({e}).") from None
+    return config_from_dict(parse_yaml(text, str(p)), overrides, str(p))
+
+
+def dump_config(cfg: Config) -> str:
+    """The fully resolved config as YAML, loadable by `load_config`."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

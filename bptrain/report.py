@@ -1,0 +1,200 @@
+"""Everything bptrain prints: the run header, live progress, evaluation lines, the loss chart,
+summary and check tables. The engine and trainer never print; they call a reporter.
+
+On a terminal: colors and a live progress bar. Otherwise (a pipe, CI, a file): plain lines,
+one per evaluation. NO_COLOR is respected (rich reads it)."""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from bptrain.chart import Series, line_chart
+
+
+def make_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A metric for humans: '-' for missing, short floats."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x) or math.isinf(x):
+            return str(x)
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+    return str(x)
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def error(console: Console, message: str) -> None:
+    console.print(Text("error: ", style="bold red") + Text(message))
+
+
+def network_table(layers: Sequence[Any], batch: int | None = None) -> Table:
+    """The network, one row a layer: kind, output shape, parameters."""
+    table = Table(title="network", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("layer")
+    table.add_column("gate")
+    table.add_column("in -> out", justify="right")
+    table.add_column("params", justify="right")
+    for layer in layers:
+        table.add_row(layer.name, layer.kind, f"{layer.in_dim} -> {layer.out_dim}",
+                      f"{layer.params:,}" if layer.params else "")
+    return table
+
+
+def describe_optimizer(opt: Any) -> str:
+    extra = {"sgd": f"momentum {opt.momentum:g}" if opt.momentum else "",
+             "momentum": f"mu {opt.momentum:g}", "nesterov": f"mu {opt.momentum:g}",
+             "rmsprop": f"decay {opt.decay_rate:g}",
+             "adam": f"betas ({opt.beta1:g}, {opt.beta2:g})",
+             "adamw": f"betas ({opt.beta1:g}, {opt.beta2:g}), weight decay {opt.weight_decay:g}",
+             }[opt.type]
+    return f"{opt.type} lr {opt.lr:g}" + (f", {extra}" if extra else "")
+
+
+def describe_loss(loss: Any, reg: Any) -> str:
+    what = {"softmax": "softmax cross-entropy", "svm": f"multiclass SVM (margin {loss.margin:g})",
+            "mse": f"MSE ({loss.reduction} over the batch)"}[loss.type]
+    if reg.type != "none" and reg.strength > 0:
+        what += f" + {reg.type.upper()} {reg.strength:g}"
+    return what
+
+
+def evaluation_line(rec: dict[str, Any], epochs: int) -> Text:
+    """One evaluation in under 80 columns: epoch, step, train and val loss/accuracy, lr."""
+    line = Text(f"epoch {rec['epoch']:>{len(str(epochs))}}/{epochs} step {rec['step']:>5} ")
+    line.append(f"train {fmt(rec['train_loss'])}")
+    if rec.get("train_acc") is not None:
+        line.append(f" {pct(rec['train_acc'])}")
+    if rec.get("val_loss") is not None:
+        line.append("  val ")
+        line.append(fmt(rec["val_loss"]), style="cyan")
+        if rec.get("val_acc") is not None:
+            line.append(" ")
+            line.append(pct(rec["val_acc"]), style="bold cyan")
+    line.append(f"  lr {rec['lr']:.3g} {rec['seconds']:.1f}s", style="dim")
+    return line
+
+
+class RichReporter:
+    """Training's console: header, progress bar (terminal only), evaluation lines, chart."""
+
+    SMOOTH = 20  # the progress bar shows the mean of the last 20 minibatch losses
+
+    def __init__(self, console: Console | None = None, quiet: bool = False,
+                 progress: bool | None = None):
+        self.console = console or make_console()
+        self.quiet = quiet
+        self.live = self.console.is_terminal if progress is None else progress
+        self.progress: Progress | None = None
+        self.recent: deque[float] = deque(maxlen=self.SMOOTH)
+        self.epochs = 1
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.epochs = info["epochs"]
+        if self.quiet:
+            return
+        c = self.console
+        resumed = f" (resumed at step {info['resumed_at']})" if info["resumed_at"] else ""
+        c.print(Text(f"bptrain run -> {info['run_dir']}{resumed}", style="bold"))
+        n_tr, d = info["train_shape"]
+        classes = f", {info['num_classes']} classes" if info["num_classes"] else ""
+        c.print(f"data   {info['data']}: train {n_tr} x {d}, val {info['val_shape'][0]}"
+                f"{classes}  ({info['dtype']})")
+        c.print(network_table(info["layers"]))
+        c.print(f"params {info['num_params']:,}   loss {describe_loss(info['loss'], info['regularization'])}")
+        c.print(f"optim  {describe_optimizer(info['optimizer'])}, schedule "
+                f"{info['schedule'].type}; batch {info['batch_size']}, "
+                f"{info['epochs']} epochs = {info['total_steps']} steps")
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[progress.description]{task.description}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"),
+                TextColumn("batch loss (mean of last {task.fields[k]}): {task.fields[loss]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=c, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("training", total=info["total_steps"],
+                                               completed=info["resumed_at"], loss="-",
+                                               k=self.SMOOTH)
+
+    def step(self, step: int, epoch: int, loss: float) -> None:
+        if self.progress is not None:
+            self.recent.append(loss)
+            if step % 5 == 0 or len(self.recent) == 1:
+                self.progress.update(self.task, completed=step,
+                                     loss=fmt(sum(self.recent) / len(self.recent)),
+                                     description=f"epoch {epoch + 1}/{self.epochs}")
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.console.print(evaluation_line(record, self.epochs))
+
+    def end(self, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        self.close()
+        if self.quiet:
+            return
+        c = self.console
+        if len(history) >= 2:
+            c.print(loss_chart(history))
+        c.print(summary_table(summary))
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(Text("note: ", style="yellow") + Text(text))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def loss_chart(history: Sequence[dict[str, Any]], title: str = "loss") -> Text:
+    """Train and validation loss against epochs, as a terminal chart."""
+    x = [r["epoch"] for r in history]
+    series = [Series("train", x, [r["train_loss"] for r in history], "magenta")]
+    if any(r.get("val_loss") is not None for r in history):
+        series.append(Series("val", x, [r["val_loss"] for r in history], "cyan"))
+    return line_chart(series, title=title, x_label="epoch", y_label="loss")
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"summary: {summary['name']}", title_justify="left", show_edge=False)
+    table.add_column("")
+    table.add_column("final", justify="right")
+    table.add_column("best", justify="right")
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    for key, show in (("train_loss", fmt), ("val_loss", fmt), ("train_acc", pct),
+                      ("val_acc", pct), ("epoch", str)):
+        if final.get(key) is not None or best.get(key) is not None:
+            table.add_row(key, show(final.get(key)), show(best.get(key)))
+    table.caption = (f"{summary['steps']} steps, {summary['seconds']:.2f}s, "
+                     f"{summary['num_params']:,} parameters")
+    return table
+
+
+def confusion_table(matrix: Any, title: str = "confusion matrix (rows: true, cols: predicted)"
+                    ) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("")
+    k = len(matrix)
+    for j in range(k):
+        table.add_column(str(j), justify="right")
+    for i in range(k):
+        cells = [Text(str(int(v)), style="bold green" if i == j and v else
+                      ("red" if v else "dim")) for j, v in enumerate(matrix[i])]
+        table.add_row(str(i), *cells)
+    return table

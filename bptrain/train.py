@@ -1,0 +1,419 @@
+"""Training: minibatch SGD (and successors) over a model built once, with evaluation,
+checkpoints that resume bit-identically, and every output in a run directory.
+
+Run directory (runs/<name>/):
+  config.yaml      the fully resolved config (defaults and overrides applied)
+  metrics.jsonl    one JSON object per evaluation, flushed as written
+  checkpoint.npz   params, optimizer state, RNG states, position: enough to resume exactly
+  best.npz         parameters of the best validation evaluation
+  model.npz        final parameters (+ standardization statistics)
+  summary.json     final and best metrics, timing
+Every .npz/.json is written to a temporary file and renamed, so a kill leaves the old one whole.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bptrain.config import Config, dump_config, load_config
+from bptrain.data import Dataset, load_dataset
+from bptrain.errors import BptrainError, ConfigError, DataError, DivergenceError, EXIT_INTERRUPTED
+from bptrain.model import Model, build_model
+from bptrain.optim import Optimizer, clip_global_norm, learning_rate
+
+
+class Interrupted(BptrainError):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class Reporter(Protocol):
+    """What training tells the console (report.py implements it; tests may record it)."""
+
+    def start(self, info: dict[str, Any]) -> None: ...
+    def step(self, step: int, epoch: int, loss: float) -> None: ...
+    def evaluation(self, record: dict[str, Any]) -> None: ...
+    def end(self, summary: dict[str, Any], history: list[dict[str, Any]]) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def start(self, info): pass
+    def step(self, step, epoch, loss): pass
+    def evaluation(self, record): pass
+    def end(self, summary, history): pass
+    def message(self, text): pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]            # the last evaluation
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- preparing ----------------------------------------------------------------------------
+def load_data(cfg: Config) -> Dataset:
+    """The dataset a config names; relative paths are taken from the config file's folder."""
+    d = cfg.data
+    base = Path(cfg.source_path).parent if cfg.source_path else None
+    return load_dataset(d.source, path=d.path, label=d.label, val_fraction=d.val_fraction,
+                        standardize=d.standardize, seed=cfg.seed, n_samples=d.n_samples,
+                        n_features=d.n_features, n_classes=d.n_classes,
+                        n_outputs=d.n_outputs, noise=d.noise, base_dir=base)
+
+
+def check_data_fits(cfg: Config, data: Dataset) -> None:
+    """Combinations that only the data can rule out."""
+    if cfg.loss.type in ("softmax", "svm") and not data.is_classification:
+        raise ConfigError(f"loss.type: '{cfg.loss.type}' needs integer class labels, but "
+                          f"{data.name} has real-valued targets of shape {data.y_train.shape}; "
+                          "use loss.type=mse.")
+    if cfg.loss.type == "mse" and data.is_classification and cfg.data.encoding != "onehot":
+        raise ConfigError(f"loss.type: MSE compares outputs with real targets, but {data.name} "
+                          "has integer class labels and no stated encoding; set "
+                          "data.encoding=onehot to regress one-hot rows, or use softmax/svm.")
+
+
+def build_for_data(cfg: Config, data: Dataset) -> Model:
+    check_data_fits(cfg, data)
+    return build_model(cfg, data.input_dim, data.output_dim, data.num_classes)
+
+
+def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(scores.argmax(axis=1) == y)) if len(y) else float("nan")
+
+
+# ---- files --------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, writer) -> None:
+    """Write via `writer(file)` into path.tmp, fsync, then rename over path."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        writer(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+
+
+def save_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def fresh_run_dir(path: Path) -> Path:
+    """`path`, or path-2, path-3, ... if it already holds something: never overwrite a run."""
+    candidate, n = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def _json_array(obj: Any) -> np.ndarray:
+    """JSON text as a plain unicode array: storable in .npz without pickles."""
+    return np.array(json.dumps(obj))
+
+
+# ---- the loop -----------------------------------------------------------------------------
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps, so a checkpoint is
+    always taken at a clean step boundary (never halfway through an update)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class Trainer:
+    """Holds everything one run needs; `run()` trains to the configured end."""
+
+    def __init__(self, cfg: Config, run_dir: Path, reporter: Reporter | None = None,
+                 data: Dataset | None = None):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.reporter = reporter or SilentReporter()
+        self.data = data if data is not None else load_data(cfg)
+        self.model = build_for_data(cfg, self.data)
+        dtype = self.model.dtype
+        d = self.data
+        # Cast once: float32 stays float32 end to end, and no step converts anything.
+        self.X = np.ascontiguousarray(d.X_train, dtype=dtype)
+        self.y = d.y_train if d.is_classification else np.ascontiguousarray(d.y_train, dtype)
+        self.X_val = np.ascontiguousarray(d.X_val, dtype=dtype)
+        self.y_val = d.y_val if d.is_classification else np.ascontiguousarray(d.y_val, dtype)
+        self.optimizer = Optimizer(cfg.optimizer, dict(self.model.params))
+        t = cfg.train
+        n = len(self.X)
+        self.batch_size = min(t.batch_size, n)
+        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        self.total_steps = t.iterations or t.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.shuffle_rng = np.random.default_rng([cfg.seed, 1])
+        # A fixed sample of training data for train_loss / train_acc at each evaluation.
+        sample_rng = np.random.default_rng([cfg.seed, 2])
+        k = min(t.train_eval_samples, n)
+        self.train_sample = np.sort(sample_rng.choice(n, k, replace=False))
+        # Position and bookkeeping (all of it goes into checkpoints).
+        self.epoch, self.batch_index, self.step = 0, 0, 0
+        self.perm: np.ndarray | None = None
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+        self.best: dict[str, Any] = {}
+        self.best_score = -math.inf
+        self.elapsed_before = 0.0
+        self.started = time.perf_counter()
+        self.history: list[dict[str, Any]] = []
+        self.last_finite_loss: float | None = None
+
+    # -- evaluation --
+    def evaluate(self, lr: float, batch_loss: float | None) -> dict[str, Any]:
+        m = self.model
+        Xs, ys = self.X[self.train_sample], self.y[self.train_sample]
+        train_loss, train_scores = m.evaluate_loss(Xs, ys)
+        train_acc = accuracy(train_scores, ys) if m.num_classes and self.data.is_classification else None
+        val_loss = val_acc = None
+        if len(self.X_val):
+            val_loss, val_scores = m.evaluate_loss(self.X_val, self.y_val)
+            if m.num_classes and self.data.is_classification:
+                val_acc = accuracy(val_scores, self.y_val)
+        return {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
+                "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc,
+                "batch_loss": batch_loss, "lr": lr,
+                "seconds": round(self.elapsed(), 4)}
+
+    def _score(self, rec: dict[str, Any]) -> float:
+        """Higher is better: validation accuracy, else minus a loss."""
+        if rec["val_acc"] is not None:
+            return rec["val_acc"]
+        return -(rec["val_loss"] if rec["val_loss"] is not None else rec["train_loss"])
+
+    # -- checkpoints --
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"param/{k}": v for k, v in self.model.params.items()}
+        arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        meta = {"epoch": self.epoch, "batch_index": self.batch_index, "step": self.step,
+                "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
+                "best": self.best, "best_score": self.best_score,
+                "elapsed": self.elapsed(), "last_finite_loss": self.last_finite_loss,
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "gate_rngs": [g.rng.bit_generator.state for g in self.model.rng_gates()]}
+        arrays["meta"] = _json_array(meta)
+        if self.perm is not None:
+            arrays["perm"] = self.perm
+        return arrays
+
+    def elapsed(self) -> float:
+        """Training seconds, including those before a resume."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def save_checkpoint(self) -> None:
+        save_npz(self.run_dir / "checkpoint.npz", self.checkpoint_arrays())
+
+    def restore(self, ckpt: dict[str, np.ndarray]) -> None:
+        for k in self.model.params:
+            self.model.params[k] = ckpt[f"param/{k}"]
+        self.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in ckpt.items()
+                                        if k.startswith("optim/")})
+        meta = json.loads(str(ckpt["meta"]))
+        self.epoch, self.batch_index, self.step = meta["epoch"], meta["batch_index"], meta["step"]
+        self.epoch_loss_sum = meta["epoch_loss_sum"]
+        self.epoch_loss_count = meta["epoch_loss_count"]
+        self.best, self.best_score = meta["best"], meta["best_score"]
+        self.elapsed_before = meta["elapsed"]
+        self.last_finite_loss = meta["last_finite_loss"]
+        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+        for g, state in zip(self.model.rng_gates(), meta["gate_rngs"]):
+            g.rng.bit_generator.state = state
+        self.perm = ckpt["perm"] if "perm" in ckpt else None
+
+    # -- the loop --
+    def run(self) -> RunResult:
+        cfg, t, m = self.cfg, self.cfg.train, self.model
+        param_nodes = m.params.nodes()
+        n = len(self.X)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        self.started = time.perf_counter()
+        self.reporter.start(self.describe())
+        with open(metrics_path, "a", encoding="utf-8") as metrics_file, _StopFlag() as stop:
+            while self.step < self.total_steps:
+                lr = learning_rate(cfg.schedule, cfg.optimizer.lr, self.epoch, self.epochs)
+                if self.perm is None:
+                    self.perm = (self.shuffle_rng.permutation(n) if t.shuffle
+                                 else np.arange(n))
+                    self.batch_index = 0
+                while self.batch_index < self.steps_per_epoch and self.step < self.total_steps:
+                    lo = self.batch_index * self.batch_size
+                    idx = self.perm[lo:lo + self.batch_size]
+                    loss = m.forward_backward(self.X[idx], self.y[idx])
+                    if not math.isfinite(loss):
+                        raise self.diverged(loss, lr)
+                    grads = {p.name: p.grad for p in param_nodes}
+                    if t.grad_clip:
+                        clip_global_norm(grads, t.grad_clip)
+                    self.optimizer.step(grads, lr)
+                    self.last_finite_loss = loss
+                    self.epoch_loss_sum += loss
+                    self.epoch_loss_count += 1
+                    self.batch_index += 1
+                    self.step += 1
+                    self.reporter.step(self.step, self.epoch, loss)
+                    if stop.signum is not None:
+                        self.save_checkpoint()
+                        raise Interrupted(self.interrupted_message(stop.signum))
+                end_of_epoch = self.batch_index >= self.steps_per_epoch
+                finished = self.step >= self.total_steps
+                if end_of_epoch:
+                    self.perm = None
+                if end_of_epoch or finished:
+                    self.end_epoch(lr, metrics_file, finished)
+        summary = self.finish()
+        last = self.history[-1] if self.history else {}
+        return RunResult(self.run_dir, last, summary, self.history)
+
+    def end_epoch(self, lr: float, metrics_file, finished: bool) -> None:
+        t = self.cfg.train
+        epoch_number = self.epoch + 1
+        if epoch_number % t.eval_every == 0 or finished:
+            batch_loss = self.epoch_loss_sum / max(self.epoch_loss_count, 1)
+            rec = self.evaluate(lr, batch_loss)
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+            self.history.append(rec)
+            score = self._score(rec)
+            if score > self.best_score:
+                self.best_score, self.best = score, rec
+                save_npz(self.run_dir / "best.npz", dict(self.model.params))
+            self.reporter.evaluation(rec)
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+        if not finished or self.batch_index >= self.steps_per_epoch:
+            self.epoch += 1
+        if epoch_number % t.checkpoint_every == 0 or finished:
+            self.save_checkpoint()
+
+    def describe(self) -> dict[str, Any]:
+        d, m, cfg = self.data, self.model, self.cfg
+        return {"run_dir": str(self.run_dir), "data": d.name,
+                "train_shape": self.X.shape, "val_shape": self.X_val.shape,
+                "num_classes": d.num_classes, "layers": m.layers, "num_params": m.num_params,
+                "loss": cfg.loss, "regularization": cfg.regularization,
+                "optimizer": cfg.optimizer, "schedule": cfg.schedule, "dtype": cfg.train.dtype,
+                "epochs": self.epochs, "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size,
+                "resumed_at": self.step}
+
+    def diverged(self, loss: float, lr: float) -> DivergenceError:
+        return DivergenceError(
+            f"training diverged: the loss became {loss} at epoch {self.epoch + 1}, step "
+            f"{self.step + 1} (last finite loss {self.last_finite_loss}, learning rate {lr:g}). "
+            f"The last good checkpoint is kept in {self.run_dir}. Try a smaller learning rate "
+            "(e.g. --set optimizer.lr=...), gradient clipping (--set train.grad_clip=5), "
+            "or standardized inputs.")
+
+    def interrupted_message(self, signum: int) -> str:
+        name = signal.Signals(signum).name
+        return (f"{name} received: stopped at epoch {self.epoch + 1}, step {self.step} and "
+                f"saved a checkpoint. Resume with: bptrain run --resume {self.run_dir}")
+
+    def finish(self) -> dict[str, Any]:
+        elapsed = self.elapsed()
+        arrays = dict(self.model.params)
+        if self.data.feature_mean is not None:
+            arrays["_feature_mean"] = self.data.feature_mean
+            arrays["_feature_std"] = self.data.feature_std
+        save_npz(self.run_dir / "model.npz", arrays)
+        last = self.history[-1] if self.history else {}
+        summary = {"name": self.cfg.name, "config": str(self.cfg.source_path or ""),
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "steps": self.step, "epochs": self.epoch, "seconds": round(elapsed, 3),
+                   "num_params": self.model.num_params, "final": last, "best": self.best}
+        save_json(self.run_dir / "summary.json", summary)
+        self.reporter.end(summary, self.history)
+        return summary
+
+
+def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """Evaluations already logged up to a checkpoint; a torn last line (kill mid-write) and
+    anything after the checkpoint are dropped."""
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if rec.get("step", 0) > upto_step:
+                break
+            records.append(rec)
+    return records
+
+
+def train(cfg: Config | dict | str, *, out: str | Path | None = None,
+          reporter: Reporter | None = None, resume: str | Path | None = None,
+          runs_root: str | Path = "runs") -> RunResult:
+    """Run what `bptrain run` runs: returns the run directory and the final metrics.
+
+    `out` is the run directory (default runs/<name>, with a fresh suffix if taken).
+    `resume` continues the run in that directory from its checkpoint."""
+    if resume is not None:
+        return _resume(Path(resume), reporter)
+    if not isinstance(cfg, Config):
+        cfg = load_config(cfg)
+    data = load_data(cfg)
+    build_for_data(cfg, data)  # fail on impossible combinations before any directory exists
+    run_dir = fresh_run_dir(Path(out) if out else Path(runs_root) / cfg.name)
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    trainer = Trainer(cfg, run_dir, reporter, data)
+    return trainer.run()
+
+
+def _resume(run_dir: Path, reporter: Reporter | None) -> RunResult:
+    from bptrain.data import load_npz_safely
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml). Give the folder "
+                          "that `bptrain run` printed, e.g. runs/mlp.")
+    if not (run_dir / "checkpoint.npz").is_file():
+        raise ConfigError(f"{run_dir}: no checkpoint.npz to resume from; the run stopped "
+                          "before its first checkpoint. Start it again with bptrain run.")
+    cfg = load_config(run_dir / "config.yaml")
+    ckpt = load_npz_safely(run_dir / "checkpoint.npz")
+    trainer = Trainer(cfg, run_dir, reporter)
+    try:
+        trainer.restore(ckpt)
+    except (KeyError, ValueError, json.JSONDecodeError) as e:
+        raise DataError(f"{run_dir / 'checkpoint.npz'}: does not match {run_dir / 'config.yaml'}"
+                        f" ({e}); it cannot be resumed.") from None
+    metrics_path = run_dir / "metrics.jsonl"
+    trainer.history = _read_metrics(metrics_path, trainer.step)
+    # Rewrite the log without records past the checkpoint (they will be produced again).
+    atomic_write_bytes(metrics_path, lambda f: f.write("".join(
+        json.dumps(r) + "\n" for r in trainer.history).encode()))
+    return trainer.run()
