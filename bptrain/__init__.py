@@ -32,4 +32,4 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'bptrain' has no attribute {name!r}")
     value = importlib.import_module(module)
-    return value if module.endswith(name) else getattr(value, name)
+    return value if name == "gates" else getattr(value, name)

@@ -99,56 +99,71 @@ def _pad_range(lo: float, hi: float, log: bool) -> tuple[float, float]:
     lo = hi = (lo + hi) / 2
     if log:                      # values are log10(y): half a decade either side
         return lo - 0.5, hi + 0.5
-    pad = abs(lo) * 0.1 if lo != 0 else 1.0
+    pad = abs(lo) * 0.1 if abs(lo) > 1e-100 else 1.0
     return lo - pad, hi + pad
 
 
-def _x_ticks(x0: float, x1: float, cols: int, integral: bool) -> list[tuple[float, str]]:
-    """3-6 ticks at round positions within [x0, x1] whose labels fit in `cols` columns."""
+def _x_ticks(x0: float, x1: float, col_of, left: int, width: int, integral: bool
+             ) -> list[tuple[int, int, str]]:
+    """Up to 6 x ticks at round positions within [x0, x1], as (plot column, label start, label):
+    the smallest round step (1, 2, 2.5, 5 x 10^k; whole numbers for integer x) whose labels,
+    each centered under its tick, keep a blank between neighbours and stay inside `width`."""
     span = x1 - x0
     top = math.floor(math.log10(span))
-    candidates = []
-    for e in range(top - 3, top + 2):
-        for m in (1, 2, 2.5, 5):
-            step = m * 10.0 ** e
-            if integral and step >= 1 and step != int(step):
-                continue
-            candidates.append(step)
 
-    def ticks_for(step: float) -> list[tuple[float, str]]:
+    def candidates(mantissas: tuple[float, ...]) -> list[float]:
+        out = []
+        for e in range(top - 3, top + 2):
+            for m in mantissas:
+                step = m * 10.0 ** e
+                if not (integral and step >= 1 and step != int(step)):
+                    out.append(step)
+        return out
+
+    def label(v: float, decimals: int) -> str:
+        if abs(v) >= 1e5 or (v != 0 and decimals > 4):
+            return format_number(v)
+        text = f"{v:.{decimals}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+    def layout(values: list[tuple[float, str]]) -> list[tuple[int, int, str]] | None:
+        out, last_end = [], -2
+        for v, lbl in values:
+            col = col_of(v)
+            start = max(0, min(left + col - (len(lbl) - 1) // 2, width - len(lbl)))
+            if start <= last_end + 1:
+                return None
+            out.append((col, start, lbl))
+            last_end = start + len(lbl) - 1
+        return out
+
+    def ticks_for(step: float) -> list[tuple[int, int, str]] | None:
         k0, k1 = math.ceil(x0 / step - 1e-9), math.floor(x1 / step + 1e-9)
+        if k1 - k0 >= 6:
+            return None
         decimals = 0
         while decimals < 12 and abs(round(step, decimals) - step) > 1e-9 * step:
             decimals += 1
-        out = []
-        for k in range(k0, k1 + 1):
-            v = k * step
-            if abs(v) >= 1e6 or (v != 0 and decimals > 4):
-                label = format_number(v)
-            else:
-                label = f"{v:.{decimals}f}"
-                if label.startswith("-") and float(label) == 0:
-                    label = label[1:]
-            out.append((v, label))
-        return out
+        return layout([(k * step, label(k * step, decimals)) for k in range(k0, k1 + 1)])
 
-    chosen: list[tuple[float, str]] = []
-    for step in candidates:                     # smallest step that is not crowded
-        if math.floor(x1 / step + 1e-9) - math.ceil(x0 / step - 1e-9) >= 6:
-            continue
-        ticks = ticks_for(step)
-        widest = max((len(lbl) for _, lbl in ticks), default=1)
-        if len(ticks) <= 6 and step / span * cols >= widest + 2:
-            chosen = ticks
+    chosen = None
+    for step in candidates((1, 2, 2.5, 5)):     # smallest step that is not crowded
+        chosen = ticks_for(step)
+        if chosen:
             break
-    if not chosen:                              # very narrow: the ends only
-        chosen = [(x0, format_number(x0)), (x1, format_number(x1))]
-    if integral and chosen and len(chosen) >= 2:
-        step = chosen[1][0] - chosen[0][0]
-        if step < 1:                            # prefer whole epochs when there are enough
-            whole = ticks_for(1.0)
-            if 3 <= len(whole) <= 6:
-                chosen = whole
+    if not chosen or len(chosen) < 3:           # e.g. epochs 1..14: 3, 6, 9, 12
+        for step3 in candidates((1, 2, 2.5, 3, 4, 5)):
+            more = ticks_for(step3)
+            if more and len(more) >= 3:
+                chosen, step = more, step3
+                break
+    if not chosen:                              # very narrow: the ends, or just the start
+        chosen = (layout([(x0, format_number(x0)), (x1, format_number(x1))])
+                  or layout([(x0, format_number(x0))]) or [])
+    if integral and len(chosen) >= 2 and step < 1 and span <= 6:
+        whole = ticks_for(1.0)                  # prefer whole epochs when there are enough
+        if whole and len(whole) >= 3:
+            chosen = whole
     return chosen
 
 
@@ -229,7 +244,7 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
     has_data = bool(xs)
     if has_data:
         x0, x1 = _pad_range(min(xs), max(xs), log=False)
-        if min(xs) == max(xs) and float(min(xs)).is_integer():
+        if min(xs) == max(xs) and min(xs).is_integer() and abs(min(xs)) < 1e15:
             x0, x1 = min(xs) - 1, max(xs) + 1
         t0, t1 = _pad_range(min(ts), max(ts), log=log_y)
     else:
@@ -319,18 +334,15 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
             runs = runs[:2] + [(" " * max(0, (plot_w - len(msg)) // 2), None), (msg, "dim")]
         lines.append(_strip_runs(runs))
 
-    ticks = _x_ticks(x0, x1, plot_w, integral_x) if has_data else [(0.0, "0"), (1.0, "1")]
+    def col_of(x: float) -> int:
+        return min(w2 - 1, max(0, round((x - x0) * sx))) // 2
+
+    ticks = _x_ticks(x0, x1, col_of, left, width, integral_x)
     axis = ["─"] * plot_w
     label_line = [" "] * width
-    last_end = -1
-    for v, lbl in ticks:
-        col = min(w2 - 1, max(0, round((v - x0) * sx))) // 2
+    for col, start, lbl in ticks:
         axis[col] = "┬"
-        start = left + col - (len(lbl) - 1) // 2
-        start = max(0, min(start, width - len(lbl)))
-        if start > last_end + 1 or last_end < 0:     # skip a label that would touch the last
-            _place(label_line, lbl, start)
-            last_end = start + len(lbl) - 1
+        _place(label_line, lbl, start)
     lines.append([(blank_row + " ", None), ("└" + "".join(axis), AXIS_STYLE)])
     lines.append(_strip_runs([("".join(label_line), None)]))
     if x_label:

@@ -94,6 +94,54 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/m
         _fail(e)
 
 
+@app.command()
+def gradcheck(config: Optional[Path] = typer.Argument(None, help="Check this config's network (default: every library gate and the default config's network)."),
+              set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+              gate: Optional[str] = typer.Option(None, "--gate", help="Check your own gate: package.module:ClassName or file.py:ClassName."),
+              samples: int = typer.Option(100, "--samples", min=1, help="Entries checked per large array (small ones fully)."),
+              h: float = typer.Option(1e-5, "--h", min=1e-12, help="Step of the centered differences."),
+              seed: int = typer.Option(0, "--seed", help="Seed for inputs and sampled entries."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+              ) -> None:
+    """Compare every backward pass with numerical gradients (float64, centered differences)."""
+    from bptrain.errors import BptrainError, EXIT_FAILED
+    try:
+        import json
+        from bptrain import gradcheck as gc
+        from bptrain.report import gradcheck_table, gradcheck_verdict, make_console
+        sections = []
+        if gate is not None:
+            cls = gc.load_gate_class(gate)
+            sections.append((f"gate {cls.__name__}", gc.check_user_gate(cls, seed, h)))
+        if config is not None or set_:
+            from bptrain.config import load_config
+            cfg = load_config(config if config is not None else {}, set_)
+            label = str(config) if config is not None else "default config"
+            sections.append((f"network of {label} (float64)",
+                             gc.check_config(cfg, samples=samples, h=h, seed=seed)))
+        if gate is None and config is None and not set_:
+            sections.append(("library gates", gc.check_library(seed, h)))
+            sections.append(("network of the default config (float64)",
+                             gc.check_config({}, samples=samples, h=h, seed=seed)))
+        results = [r for _, rs in sections for r in rs]
+        failed = sum(r.status == "fail" for r in results)
+        if as_json:
+            typer.echo(json.dumps({"checks": [dict(r.to_dict(), section=s) for s, rs in sections
+                                              for r in rs],
+                                   "summary": {"checks": len(results), "failed": failed,
+                                               "kinks": sum(r.kinks for r in results),
+                                               "passed": failed == 0}}, indent=1))
+        else:
+            console = make_console()
+            for title, rs in sections:
+                console.print(gradcheck_table(rs, title))
+            console.print(gradcheck_verdict(results))
+        if failed:
+            raise typer.Exit(EXIT_FAILED)
+    except BptrainError as e:
+        _fail(e)
+
+
 def main() -> None:
     try:
         app()

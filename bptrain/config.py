@@ -83,7 +83,7 @@ class LossConfig:
 @dataclass
 class RegularizationConfig:
     type: str = _opt("l2", choices=("l2", "l1", "none"))
-    strength: float = _opt(0.0, ge=0.0)
+    strength: float = _opt(1e-4, ge=0.0)
 
 
 @dataclass

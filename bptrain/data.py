@@ -372,19 +372,19 @@ def _load_csv(path: Path, label: str | int | None) -> tuple[np.ndarray, np.ndarr
         # Only on failure do we walk the cells, to name the first one that is not a number.
         r, c = next((r, c) for r, c in np.ndindex(cells.shape) if not _is_number(cells[r, c]))
         raise DataError(f"{path}: line {lines[r + 1]}, column {c + 1} ('{header[c]}') is "
-                        f"{cells[r, c]!r}, not a number; every cell must be numeric (class "
+                        f"{str(cells[r, c])!r}, not a number; every cell must be numeric (class "
                         "labels as integers 0..C-1).") from None
     bad = ~np.isfinite(table)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise DataError(f"{path}: {int(bad.sum())} cells are NaN or infinite (first at line "
-                        f"{lines[r + 1]}, column {c + 1} '{header[c]}': {cells[r, c]!r}); fill "
-                        "or drop those rows.")
+                        f"{lines[r + 1]}, column {c + 1} '{header[c]}': {str(cells[r, c])!r}); "
+                        "fill or drop those rows.")
     y = table[:, col]
     if not np.array_equal(y, np.round(y)):
         raise DataError(f"{path}: the label column '{header[col]}' holds non-integer values "
-                        f"(e.g. {y[y != np.round(y)][0]!r}); csv labels are class ids 0..C-1. "
-                        "For regression targets, save an npz with y of shape (N, K).")
+                        f"(e.g. {y[y != np.round(y)][0].item()!r}); csv labels are class ids "
+                        "0..C-1. For regression targets, save an npz with y of shape (N, K).")
     return np.delete(table, col, axis=1), y
 
 
@@ -416,6 +416,10 @@ def _all_numbers(cells: list[str]) -> bool:
 
 # --- cifar10 --------------------------------------------------------------------------------------
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a callable outside the allow-list; nothing was imported or run."""
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes, numbers and NumPy arrays, and nothing else.
 
@@ -437,11 +441,15 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it asks for {module}.{name}") from None
+            raise _ForbiddenGlobal(f"it asks for {module}.{name}") from None
 
 
 def _load_cifar10(path: Path) -> tuple:
-    """CIFAR-10's python batches: data_batch_1..5 train, test_batch validates; X (N, 3072) 0..255."""
+    """CIFAR-10's python batches: data_batch_1..5 train, test_batch validates.
+
+    X is (50000, 3072) pixels 0..255 (the 1024 red, then green, then blue values of each 32x32
+    image), y (50000,) labels 0..9; X_val and y_val hold test_batch's 10000.
+    """
     if not path.is_dir():
         raise DataError(f"{path}: is a file; the cifar10 source reads the directory of the "
                         "CIFAR-10 python version (cifar-10-batches-py) holding data_batch_1..5 "
@@ -466,7 +474,7 @@ def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(file, "rb") as f:
             # The batches were pickled by Python 2; encoding="bytes" keeps their str keys as bytes.
             batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as e:
+    except _ForbiddenGlobal as e:
         raise DataError(f"{file}: refused to unpickle it ({e}); a CIFAR-10 batch holds only a "
                         "dict of arrays and lists, so this file is not one, or was tampered "
                         "with. Download the CIFAR-10 python version again.") from None
@@ -635,12 +643,12 @@ def _labels_to_classes(y: np.ndarray, y_val: np.ndarray | None, name: str,
         if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
             i = int(np.argmax(labels != np.round(labels)))
             raise DataError(f"{name}: {an} is 1-D but holds non-integer values (first at row {i}: "
-                            f"{labels[i]!r}); 1-D y is class labels 0..C-1. For regression "
+                            f"{labels[i].item()!r}); 1-D y is class labels 0..C-1. For regression "
                             f"targets give {an} shape (N, K), e.g. {an}.reshape(-1, 1).")
         if labels.min() < 0:
             i = int(np.argmin(labels))
-            raise DataError(f"{name}: {an} has negative class label {labels[i]!r} (row {i}); "
-                            "labels must be 0..C-1. Remap them, e.g. with np.unique(y, "
+            raise DataError(f"{name}: {an} has negative class label {labels[i].item()!r} (row "
+                            f"{i}); labels must be 0..C-1. Remap them, e.g. with np.unique(y, "
                             "return_inverse=True)[1].")
     top = int(max(labels.max() for _, labels in parts))
     if n_classes is not None:

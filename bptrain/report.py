@@ -198,3 +198,34 @@ def confusion_table(matrix: Any, title: str = "confusion matrix (rows: true, col
                       ("red" if v else "dim")) for j, v in enumerate(matrix[i])]
         table.add_row(str(i), *cells)
     return table
+
+
+STATUS_STYLE = {"pass": "bold green", "kink": "bold yellow", "fail": "bold red"}
+
+
+def gradcheck_table(results: Sequence[Any], title: str) -> Table:
+    """One row per checked array: shape, entries, max relative error, kinks, status."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col, justify in (("check", "left"), ("shape", "right"), ("entries", "right"),
+                         ("max rel error", "right"), ("kinks", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    for r in results:
+        err = Text(f"{r.max_rel_error:.2e}", style="red" if r.status == "fail" else
+                   ("green" if r.max_rel_error < 1e-7 else "yellow"))
+        table.add_row(r.name, "x".join(map(str, r.shape)) or "scalar", str(r.checked), err,
+                      str(r.kinks) if r.kinks else "", Text(r.status, style=STATUS_STYLE[r.status]))
+    return table
+
+
+def gradcheck_verdict(results: Sequence[Any]) -> Text:
+    failed = [r for r in results if r.status == "fail"]
+    kinks = sum(r.kinks for r in results)
+    entries = sum(r.checked for r in results)
+    note = f" ({kinks} entries crossed a kink and were not counted)" if kinks else ""
+    if failed:
+        names = ", ".join(r.name for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        return Text(f"FAIL: {len(failed)} of {len(results)} checks failed: {names}. Their "
+                    f"backward disagrees with the numerical gradient{note}.", style="bold red")
+    worst = max((r.max_rel_error for r in results), default=0.0)
+    return Text(f"PASS: {len(results)} checks, {entries} entries, max relative error "
+                f"{worst:.1e}{note}.", style="bold green")
