@@ -5,8 +5,9 @@ dots, so a 56x16-cell plot is a 112x64-dot canvas. Consecutive points of a serie
 with Bresenham line segments on that canvas. Stdlib + rich only (no NumPy import): x and y may
 be any sequences of numbers, NumPy arrays included.
 
-    >>> from bptrain.chart import Series, chart_lines
-    >>> print("\\n".join(chart_lines([Series("train", [1, 2, 3], [3.0, 2.0, 1.5])])))
+    from bptrain.chart import Series, chart_lines, line_chart
+    print("\\n".join(chart_lines([Series("train", [1, 2, 3], [3.0, 2.0, 1.5])])))
+    console.print(line_chart([Series("train", x, tr), Series("val", x, va)], title="loss"))
 
 Layout of the lines (top to bottom; ``chart_lines`` and ``line_chart`` give the same text):
 
@@ -16,12 +17,16 @@ Layout of the lines (top to bottom; ``chart_lines`` and ``line_chart`` give the 
     x axis                   "<blanks> └──┬─────┬──"  (┬ marks each x tick)
     x tick labels            each centered under its ┬ (shifted to stay inside the width)
     [x label]                only if ``x_label``; centered under the plot area
-    legend                   "━━ train  ━━ val" in each series' color
+    legend                   "━━ train  ━━ val" in each series' color; wraps onto more lines
+                             if wider than ``width``; absent when there are no series
 
 Every line is at most ``width`` characters, trailing blanks stripped. The y axis has 4-6 tick
-labels at evenly spaced values from the minimum (bottom row) to the maximum (top row) of the
-data, each on the row where a point with that value would be drawn. The x axis has ticks at nice
-round positions (1, 2, 2.5, 5 x 10^k; integer steps for integer x such as epochs).
+labels: the data maximum on the top row, the minimum on the bottom row, and round values in
+between (whole decades on a log axis; evenly spaced values when round ones do not fit), each on
+the row where a point with that value is drawn. Labels have 3 significant digits (more only
+if needed to tell them apart), scientific beyond [1e-3, 1e5): 2.5e+07, 0.593, 1e-04. The x axis
+has 3-6 ticks at round positions (1, 2, 2.5, 5 x 10^k; whole numbers for integer x such as
+epochs), fewer only when the labels do not fit the width.
 
 Robustness: None/NaN/inf points are skipped (the line joins the neighbouring finite points);
 series with no finite point are not drawn and are marked "(no data)" in the legend; a constant
@@ -294,7 +299,7 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
         pix = _thin(pix)
         if len(pix) == 1:                             # a lone point: a short horizontal dash
             px, py = pix[0]
-            pix = [(px & ~1, py), ((px & ~1) + 1, py)] if (px & ~1) + 1 < w2 else pix
+            pix = [(px & ~1, py), (px | 1, py)]
         _draw(pix, bits, owner, si, plot_w)
 
     # -- lines -----------------------------------------------------------------------------
@@ -353,14 +358,15 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
     legend: list[_Run] = []
     used = 0
     for i, s in enumerate(series):
-        piece_len = 3 + len(s.label) + (10 if not pts_all[i] else 0) + (2 if legend else 0)
+        label = _fit(s.label, width - 3 - (10 if not pts_all[i] else 0))
+        piece_len = 3 + len(label) + (10 if not pts_all[i] else 0) + (2 if legend else 0)
         if legend and used + piece_len > width:
             lines.append(_strip_runs(legend))
             legend, used = [], 0
             piece_len -= 2
         if legend:
             legend.append(("  ", None))
-        legend += [("━━ ", styles[i]), (s.label, styles[i])]
+        legend += [("━━ ", styles[i]), (label, styles[i])]
         if not pts_all[i]:
             legend.append((" (no data)", "dim"))
         used += piece_len

@@ -142,6 +142,54 @@ def gradcheck(config: Optional[Path] = typer.Argument(None, help="Check this con
         _fail(e)
 
 
+@app.command()
+def trace(expression: str = typer.Argument(..., help='A scalar expression, e.g. "(x + y) * z".'),
+          values: List[str] = typer.Argument(None, help="Variable values: x=-2 y=5 z=-4."),
+          check: bool = typer.Option(False, "--check", help="Put the numerical gradient beside each analytic one."),
+          as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+          ) -> None:
+    """Watch backprop on an expression: forward values, each gate's backward step, gradients."""
+    from bptrain.errors import BptrainError
+    try:
+        import json
+        from bptrain.report import make_console, trace_report
+        from bptrain.trace import parse_assignments, trace as run_trace
+        result = run_trace(expression, parse_assignments(values or []), check=check)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=1))
+        else:
+            console = make_console()
+            for part in trace_report(result):
+                console.print(part)
+    except BptrainError as e:
+        _fail(e)
+
+
+@app.command()
+def show(config: Path = typer.Argument(..., help="The YAML config whose graph to show."),
+         set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+         fmt: str = typer.Option("table", "--format", help="table or dot (Graphviz)."),
+         ) -> None:
+    """Show the graph of gates a config builds: shapes, parameters, fan-out, costs."""
+    from bptrain.errors import BptrainError
+    try:
+        from bptrain.config import load_config
+        from bptrain.report import graph_table, make_console
+        from bptrain.show import show_config, to_dot
+        if fmt not in ("table", "dot"):
+            raise BptrainError(f"--format: choose table or dot, not {fmt!r}.")
+        cfg = load_config(config, set_)
+        summary = show_config(cfg)
+        if fmt == "dot":
+            typer.echo(to_dot(summary, cfg.name), nl=False)
+        else:
+            console = make_console()
+            for part in graph_table(summary, f"graph of {config} (batch {summary.batch})"):
+                console.print(part)
+    except BptrainError as e:
+        _fail(e)
+
+
 def main() -> None:
     try:
         app()

@@ -229,3 +229,72 @@ def gradcheck_verdict(results: Sequence[Any]) -> Text:
     worst = max((r.max_rel_error for r in results), default=0.0)
     return Text(f"PASS: {len(results)} checks, {entries} entries, max relative error "
                 f"{worst:.1e}{note}.", style="bold green")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+def trace_report(t: Any) -> list[Any]:
+    """`bptrain trace`: (a) forward values, (b) backward steps, (c) gradients."""
+    values = ", ".join(f"{k} = {_num(v)}" for k, v in t.values.items())
+    out: list[Any] = [Text(f"f = {t.expression}   at {values}", style="bold")]
+    fwd = Table(title="(a) forward, in topological order", title_justify="left",
+                show_edge=False, pad_edge=False)
+    for col in ("node", "gate", "inputs", "value"):
+        fwd.add_column(col, justify="right" if col == "value" else "left")
+    for n in t.nodes:
+        fwd.add_row(n["name"], n["gate"], ", ".join(n["inputs"]), _num(n["value"]))
+    out.append(fwd)
+    back = Table(title="(b) backward, in reverse order: downstream = local x upstream",
+                 title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("gate", "pattern", "upstream", "to input", "local", "downstream"):
+        back.add_column(col, justify="right" if col in ("upstream", "local", "downstream")
+                        else "left")
+    for s in t.steps:
+        for i, row in enumerate(s.inputs):
+            first = i == 0
+            back.add_row(f"{s.node} ({s.gate})" if first else "", (s.pattern or "") if first
+                         else "", _num(s.upstream) if first else "", row["name"],
+                         _num(row["local"]), _num(row["downstream"]))
+    out.append(back)
+    for c in t.copies:
+        parts = " + ".join(_num(p["gradient"]) for p in c["contributions"])
+        out.append(Text(f"copy (adder): {c['variable']} is used {len(c['contributions'])} "
+                        f"times, so its gradients add: {parts} = {_num(c['total'])}"))
+    grads = Table(title=f"(c) gradients of f = {_num(t.output)}", title_justify="left",
+                  show_edge=False, pad_edge=False)
+    grads.add_column("variable")
+    grads.add_column("df/dvariable", justify="right")
+    if t.numerical:
+        grads.add_column("numerical", justify="right")
+        grads.add_column("rel error", justify="right")
+    for name, g in t.gradients.items():
+        row = [name, _num(g)]
+        if t.numerical:
+            n = t.numerical[name]
+            note = " (kink)" if n["kink"] else ""
+            row += [_num(n["numeric"]), Text(f"{n['rel_error']:.1e}{note}",
+                                             style="green" if n["rel_error"] < 1e-6 or n["kink"]
+                                             else "red")]
+        grads.add_row(*row)
+    out.append(grads)
+    return out
+
+
+def graph_table(s: Any, title: str) -> list[Any]:
+    """`bptrain show`: one row a node, then totals."""
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col, j in (("node", "left"), ("gate", "left"), ("inputs", "left"), ("shape", "right"),
+                   ("params", "right"), ("note", "left")):
+        table.add_column(col, justify=j)
+    for r in s.rows:
+        note = f"copy -> {', '.join(r.consumers)}" if len(r.consumers) > 1 else ""
+        table.add_row(r.name, r.gate, ", ".join(r.inputs),
+                      "x".join(map(str, r.shape)) or "scalar",
+                      f"{r.params:,}" if r.params else "", note)
+    totals = Text("copy: a value used by several gates; their gradients add up in backward.\n"
+                  f"parameters {s.params:,}   forward multiply-adds per batch of {s.batch}: "
+                  f"{s.macs:,}   cached activations: {s.cached_bytes:,} bytes "
+                  f"({s.cached_bytes / 2**20:.2f} MiB)")
+    return [table, totals]

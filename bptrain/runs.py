@@ -72,8 +72,9 @@ def evaluate_run(run_dir: str | Path, data_path: str | None = None,
     suffix = Path(data_path).suffix.lower().lstrip(".")
     if suffix not in ("npz", "csv"):
         raise DataError(f"{data_path}: --data takes a .npz or .csv file.")
-    new = load_dataset(suffix, path=data_path, label=cfg.data.label, val_fraction=0.0,
-                       standardize=False)
+    new = load_dataset(suffix, path=data_path, val_fraction=0.0, standardize=False,
+                       label=cfg.data.label if suffix == "csv" else None,
+                       n_classes=model.num_classes if data.is_classification else None)
     X = new.X_train
     if data.feature_mean is not None:
         X = (X - data.feature_mean) / data.feature_std

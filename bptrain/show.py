@@ -1,0 +1,95 @@
+"""`bptrain show`: the graph of gates a config builds, node by node, with shapes at the
+configured batch size, parameter counts, fan-out, multiply-adds and cached bytes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bptrain import gates as G
+from bptrain.config import Config
+from bptrain.model import Model
+from bptrain.train import build_for_data, load_data
+
+
+@dataclass
+class NodeRow:
+    name: str
+    gate: str             # gate label, or input / param
+    inputs: list[str]
+    shape: tuple[int, ...]
+    params: int
+    consumers: list[str]  # more than one: the value fans out (copy gate)
+    cached_bytes: int     # arrays the gate keeps for its backward pass
+    macs: int             # multiply-adds of its forward pass
+
+
+@dataclass
+class GraphSummary:
+    rows: list[NodeRow]
+    batch: int
+    params: int
+    macs: int
+    cached_bytes: int
+
+
+def _macs(gate: Any, inputs: list[np.ndarray]) -> int:
+    if isinstance(gate, (G.MatMul, G.Affine)):
+        (n, d), m = inputs[0].shape, inputs[1].shape[1]
+        return n * d * m
+    return 0
+
+
+def summarize_graph(model: Model, batch: int) -> GraphSummary:
+    """Run one forward on zeros of the batch size, then read shapes and caches off the nodes."""
+    g = model.graph
+    X = np.zeros((batch, model.input_dim), dtype=model.dtype)
+    y = np.zeros(batch, dtype=np.int64)
+    g.forward(model.loss, X=X, y=model.targets(y))
+    order, _ = g.plan(model.loss)
+    users = {n.name: [] for n in order}
+    for n in order:
+        for p in n.inputs:
+            users[p.name].append(n.name)
+    shared = {id(n.value) for n in order if n.kind in ("param", "input")}
+    rows = []
+    for n in order:
+        cached = 0
+        if n.gate is not None:  # arrays saved on the gate, not counting params or data
+            for v in vars(n.gate).values():
+                vs = v if isinstance(v, (list, tuple)) else [v]
+                cached += sum(a.nbytes for a in vs if isinstance(a, np.ndarray)
+                              and id(a) not in shared and a.base is None)
+        rows.append(NodeRow(n.name, n.gate.label() if n.gate else n.kind,
+                            [p.name for p in n.inputs], tuple(np.shape(n.value)),
+                            int(np.size(n.value)) if n.kind == "param" else 0,
+                            users[n.name], cached,
+                            _macs(n.gate, [p.value for p in n.inputs]) if n.gate else 0))
+    return GraphSummary(rows, batch, sum(r.params for r in rows), sum(r.macs for r in rows),
+                        sum(r.cached_bytes for r in rows))
+
+
+def show_config(cfg: Config) -> GraphSummary:
+    data = load_data(cfg)
+    model = build_for_data(cfg, data)
+    return summarize_graph(model, min(cfg.train.batch_size, len(data.X_train)))
+
+
+def to_dot(s: GraphSummary, title: str = "bptrain") -> str:
+    """Graphviz DOT: inputs and parameters as boxes, gates as ellipses, edges labelled by
+    shape; a value that fans out has one edge per consumer."""
+    lines = [f'digraph "{title}" {{', "  rankdir=LR;", '  node [fontname="Helvetica"];']
+    for r in s.rows:
+        shape = "x".join(map(str, r.shape)) or "scalar"
+        if r.gate in ("input", "param", "const"):
+            style = {"input": "box", "param": "box, style=filled, fillcolor=lightyellow",
+                     "const": "plaintext"}[r.gate]
+            lines.append(f'  "{r.name}" [shape={style}, label="{r.name}\\n{shape}"];')
+        else:
+            lines.append(f'  "{r.name}" [shape=ellipse, label="{r.name}\\n{r.gate}\\n{shape}"];')
+    for r in s.rows:
+        for p in r.inputs:
+            lines.append(f'  "{p}" -> "{r.name}";')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
