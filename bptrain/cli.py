@@ -26,12 +26,13 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
 
 def _fail(exc: BaseException) -> None:
     """Print a BptrainError as one paragraph and exit with its code (traceback with --debug)."""
-    from bptrain.errors import BptrainError
+    from bptrain.errors import EXIT_INTERRUPTED, BptrainError
     from bptrain.report import error, make_console
     if _state["debug"]:
         raise exc
     if isinstance(exc, BptrainError):
-        error(make_console(stderr=True), str(exc))
+        error(make_console(stderr=True), str(exc),
+              "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error")
         raise typer.Exit(exc.exit_code)
     raise exc
 

@@ -83,13 +83,18 @@ def unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
     """
     if grad.shape == shape:
         return grad
+    given = grad.shape
     extra = grad.ndim - len(shape)
     if extra > 0:
         grad = grad.sum(axis=tuple(range(extra)))
+    elif extra < 0:  # missing leading axes count as length 1
+        grad = grad.reshape((1,) * -extra + grad.shape)
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
-    return grad.reshape(shape)
+    if grad.shape != shape:  # never reshape: a (2, 3) gradient for a (3, 2) value is a bug
+        raise ValueError(f"a gradient of shape {given} does not fit a value of shape {shape}")
+    return grad
 
 
 class Node:
@@ -320,7 +325,8 @@ class Graph:
         order, _ = self.plan(output)
         for node in order:
             if node.gate is not None:
-                node.value = node.gate.forward(*[p.value for p in node.inputs])
+                inputs = node.inputs
+                node.value = node.gate.forward(*[p.value for p in inputs])
             elif node.value is None:
                 raise ValueError(f"input {node.name!r} has no value: pass {node.name}=... "
                                  "to forward")
@@ -350,7 +356,9 @@ class Graph:
             for parent, grad in zip(node.inputs, downstream):
                 if grad is None or not parent.requires_grad:
                     continue
-                grad = unbroadcast(np.asarray(grad), np.shape(parent.value))
+                shape = np.shape(parent.value)
+                if np.shape(grad) != shape:
+                    grad = unbroadcast(np.asarray(grad), shape)
                 if parent.grad is None:
                     parent.grad = grad
                 else:

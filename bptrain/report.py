@@ -38,8 +38,8 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def error(console: Console, message: str) -> None:
-    console.print(Text("error: ", style="bold red") + Text(message))
+def error(console: Console, message: str, label: str = "error") -> None:
+    console.print(Text(f"{label}: ", style="bold red") + Text(message))
 
 
 def network_table(layers: Sequence[Any], batch: int | None = None) -> Table:

@@ -45,7 +45,9 @@ def summarize_graph(model: Model, batch: int) -> GraphSummary:
     """Run one forward on zeros of the batch size, then read shapes and caches off the nodes."""
     g = model.graph
     X = np.zeros((batch, model.input_dim), dtype=model.dtype)
-    y = np.zeros(batch, dtype=np.int64)
+    # Class labels for a classifier; a row of target values per sample for regression.
+    y = (np.zeros(batch, dtype=np.int64) if model.num_classes is not None
+         else np.zeros((batch, model.output_dim), dtype=model.dtype))
     g.forward(model.loss, X=X, y=model.targets(y))
     order, _ = g.plan(model.loss)
     users = {n.name: [] for n in order}

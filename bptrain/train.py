@@ -172,6 +172,7 @@ class Trainer:
         self.X_val = np.ascontiguousarray(d.X_val, dtype=dtype)
         self.y_val = d.y_val if d.is_classification else np.ascontiguousarray(d.y_val, dtype)
         self.optimizer = Optimizer(cfg.optimizer, dict(self.model.params))
+        self.param_nodes = self.model.params.nodes()
         t = cfg.train
         n = len(self.X)
         self.batch_size = min(t.batch_size, n)
@@ -179,6 +180,8 @@ class Trainer:
         self.total_steps = t.iterations or t.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.shuffle_rng = np.random.default_rng([cfg.seed, 1])
+        self._X_batch = np.empty((self.batch_size,) + self.X.shape[1:], dtype=self.X.dtype)
+        self._y_batch = np.empty((self.batch_size,) + self.y.shape[1:], dtype=self.y.dtype)
         # A fixed sample of training data for train_loss / train_acc at each evaluation.
         sample_rng = np.random.default_rng([cfg.seed, 2])
         k = min(t.train_eval_samples, n)
@@ -256,14 +259,41 @@ class Trainer:
         self.perm = ckpt["perm"] if "perm" in ckpt else None
 
     # -- the loop --
+    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Minibatch `index` of this epoch's order. Unshuffled: a view, no copy. Shuffled: a
+        full batch is gathered into buffers reused every step, so no step allocates one."""
+        lo = index * self.batch_size
+        if not self.cfg.train.shuffle:
+            return self.X[lo:lo + self.batch_size], self.y[lo:lo + self.batch_size]
+        idx = self.perm[lo:lo + self.batch_size]
+        if len(idx) < self.batch_size:  # the last, short batch of an epoch
+            return self.X[idx], self.y[idx]
+        np.take(self.X, idx, axis=0, out=self._X_batch)
+        np.take(self.y, idx, axis=0, out=self._y_batch)
+        return self._X_batch, self._y_batch
+
+    def train_step(self, X: np.ndarray, y: np.ndarray, lr: float) -> float:
+        """Forward, backward, (clip), update: one step of training. Returns the loss."""
+        loss = self.model.forward_backward(X, y)
+        if not math.isfinite(loss):
+            raise self.diverged(loss, lr)
+        grads = {p.name: p.grad for p in self.param_nodes}
+        if self.cfg.train.grad_clip:
+            clip_global_norm(grads, self.cfg.train.grad_clip)
+        self.optimizer.step(grads, lr)
+        self.last_finite_loss = loss
+        return loss
+
     def run(self) -> RunResult:
-        cfg, t, m = self.cfg, self.cfg.train, self.model
-        param_nodes = m.params.nodes()
+        cfg, t = self.cfg, self.cfg.train
         n = len(self.X)
         metrics_path = self.run_dir / "metrics.jsonl"
         self.started = time.perf_counter()
         self.reporter.start(self.describe())
-        with open(metrics_path, "a", encoding="utf-8") as metrics_file, _StopFlag() as stop:
+        # Overflow inside a diverging step is reported once, as a DivergenceError, not as
+        # NumPy warnings.
+        with open(metrics_path, "a", encoding="utf-8") as metrics_file, _StopFlag() as stop, \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.step < self.total_steps:
                 lr = learning_rate(cfg.schedule, cfg.optimizer.lr, self.epoch, self.epochs)
                 if self.perm is None:
@@ -271,16 +301,7 @@ class Trainer:
                                  else np.arange(n))
                     self.batch_index = 0
                 while self.batch_index < self.steps_per_epoch and self.step < self.total_steps:
-                    lo = self.batch_index * self.batch_size
-                    idx = self.perm[lo:lo + self.batch_size]
-                    loss = m.forward_backward(self.X[idx], self.y[idx])
-                    if not math.isfinite(loss):
-                        raise self.diverged(loss, lr)
-                    grads = {p.name: p.grad for p in param_nodes}
-                    if t.grad_clip:
-                        clip_global_norm(grads, t.grad_clip)
-                    self.optimizer.step(grads, lr)
-                    self.last_finite_loss = loss
+                    loss = self.train_step(*self.batch(self.batch_index), lr)
                     self.epoch_loss_sum += loss
                     self.epoch_loss_count += 1
                     self.batch_index += 1

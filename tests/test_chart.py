@@ -93,7 +93,7 @@ def test_layout_has_height_plot_rows_and_fixed_extra_rows(width, height):
     x, y = loss_curve()
     lines = chart_lines([Series("train", x, y), Series("val", x, [v * 1.2 for v in y])],
                         width=width, height=height, title="loss")
-    assert len(lines) == height + 6          # title, y label, plot rows, axis, ticks, x label, legend
+    assert len(lines) == height + 6   # title, y label, rows, axis, ticks, x label, legend
     p = parts(lines, height, title=True)
     assert all(len(line) <= width for line in lines)
     assert all(line == line.rstrip() for line in lines)

@@ -357,6 +357,36 @@ def test_unbroadcast_examples(grad_shape, shape, reference):
     close(out, reference(grad))
 
 
+def test_unbroadcast_adds_missing_leading_axes():
+    out = unbroadcast(np.array([1.0, 2.0, 3.0]), (1, 3))
+    assert out.shape == (1, 3)
+    close(out, [[1.0, 2.0, 3.0]])
+    close(unbroadcast(np.array(4.0), (1, 1)), [[4.0]])
+
+
+@pytest.mark.parametrize("grad_shape,shape", [((2, 3), (3, 2)), ((6,), (2, 3)), ((3,), (2, 3)),
+                                              ((4, 3), (2, 3))])
+def test_unbroadcast_refuses_shapes_broadcasting_cannot_explain(grad_shape, shape):
+    # e.g. a transposed gradient of the same size must not be silently reshaped
+    with pytest.raises(ValueError, match="does not fit"):
+        unbroadcast(np.zeros(grad_shape), shape)
+
+
+class TransposedGradMatMul(G.MatMul):
+    def backward(self, upstream):
+        return upstream @ self.W.T, upstream.T @ self.X   # dW of shape (M, D), not (D, M)
+
+
+def test_graph_refuses_gradient_of_wrong_shape(rng):
+    g = Graph()
+    X = g.input("X", rng.standard_normal((4, 3)), requires_grad=False)
+    W = g.param("W", rng.standard_normal((3, 2)))
+    loss = G.Sum()(TransposedGradMatMul()(X, W))
+    g.forward(loss)
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
+        g.backward(loss)
+
+
 def test_unbroadcast_same_shape_is_identity():
     grad = np.array([[1.0, -2.0]])
     assert unbroadcast(grad, (1, 2)) is grad
