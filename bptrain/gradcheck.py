@@ -92,12 +92,13 @@ def _same(a: list, b: list) -> bool:
 
 
 def summarize(name: str, analytic: np.ndarray, numeric: np.ndarray, crossed: np.ndarray,
-              indices: np.ndarray, shape: tuple[int, ...], tol: float) -> CheckResult:
+              indices: np.ndarray, shape: tuple[int, ...], tol: float,
+              floor: float = ABS_FLOOR) -> CheckResult:
     """Fold per-entry comparisons into one CheckResult."""
     rel = relative_error(analytic, numeric)
     # Excused entries: a kink crossing is no evidence either way; two near-zero values whose
     # difference is below the absolute floor pass although their ratio may be large.
-    floored = (np.abs(analytic - numeric) < ABS_FLOOR) & (rel > tol)
+    floored = (np.abs(analytic - numeric) < floor) & (rel > tol)
     rel = np.where(crossed | floored, 0.0, rel)
     worst = int(np.argmax(rel)) if len(rel) else 0
     max_rel = float(rel[worst]) if len(rel) else 0.0
@@ -143,8 +144,12 @@ def check_graph(graph: Graph, output: Node, wrt: Sequence[Node] | None = None, *
     def branches() -> list:
         return [g.branches() for g in kinked]
 
-    evaluate()
+    base = float(evaluate())
     graph.backward(output)
+    # Each evaluation of a loss of size |L| is rounded by about eps |L|, so a centered
+    # difference carries noise of about eps |L| / h: a difference below a few times that
+    # (small gradient entries of a loss in the hundreds) is rounding, not a wrong backward.
+    floor = max(ABS_FLOOR, 10 * np.finfo(np.float64).eps * abs(base) / h)
     analytic = {n.name: np.zeros(np.shape(n.value)) if n.grad is None else np.array(n.grad)
                 for n in nodes}
     rng = np.random.default_rng(seed)
@@ -156,7 +161,8 @@ def check_graph(graph: Graph, output: Node, wrt: Sequence[Node] | None = None, *
         numeric, crossed = numerical_gradient(evaluate, node.value, idx, h,
                                               branches if kinked else None)
         a = analytic[node.name].reshape(-1)[idx]
-        results.append(summarize(node.name, a, numeric, crossed, idx, node.value.shape, tol))
+        results.append(summarize(node.name, a, numeric, crossed, idx, node.value.shape, tol,
+                                 floor))
     evaluate()  # leave the graph's values at the unperturbed point
     return results
 
@@ -373,7 +379,12 @@ def check_user_gate(cls: type, seed: int = 0, h: float = H) -> list[CheckResult]
         except Exception:
             tried.append(tag)
             continue
-        results += check_gate(gate, inputs, h=h, seed=seed, name=f"{cls.__name__} {tag}")
+        try:
+            results += check_gate(gate, inputs, h=h, seed=seed, name=f"{cls.__name__} {tag}")
+        except Exception as e:  # the learner's backward crashed: a failed check, not ours
+            results.append(CheckResult(f"{cls.__name__} {tag}", tuple(np.shape(inputs[0])),
+                                       0, float("inf"), 0, "fail",
+                                       {"error": f"backward raised {type(e).__name__}: {e}"}))
     if not results:
         raise ConfigError(f"{cls.__name__}.forward failed on every input shape tried "
                           f"({', '.join(tried)}); check that it runs on NumPy arrays.")

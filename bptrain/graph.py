@@ -42,6 +42,9 @@ class Gate:
       kinked   True if the gate's derivative jumps somewhere (relu, max, abs, hinge, ...);
                such a gate returns a fingerprint of the branches it took from `branches()`
                so that a gradient check can tell a kink crossing from a bug.
+      fresh_downstream  True if backward always returns newly made arrays (never the
+               upstream, never a cached array): the graph may then add further
+               gradients into them in place at a fan-out instead of allocating.
     Instance attributes set by the Graph before a pass:
       training          False in evaluation mode (dropout reads it)
       needs_input_grad  tuple of bools; a gate may skip the work for inputs marked False
@@ -50,6 +53,7 @@ class Gate:
     name: str | None = None
     pattern: str | None = None
     kinked: bool = False
+    fresh_downstream: bool = False  # backward returns new arrays no one else holds
     training: bool = True
     needs_input_grad: Sequence[bool] = _EveryInput()
 
@@ -343,6 +347,7 @@ class Graph:
         for node in order:
             node.grad = None
         output.grad = np.ones_like(output.value)
+        owned: dict[int, bool] = {}  # nodes whose grad array is ours to add into
         for node in backward:
             upstream = node.grad
             if upstream is None:  # nothing downstream of this node reached the output
@@ -361,10 +366,15 @@ class Graph:
                     grad = unbroadcast(np.asarray(grad), shape)
                 if parent.grad is None:
                     parent.grad = grad
+                    owned[id(parent)] = node.gate.fresh_downstream and \
+                        isinstance(grad, np.ndarray) and grad.shape == shape
+                elif owned.get(id(parent)):
+                    parent.grad += grad  # ours alone (see fresh_downstream): add in place
                 else:
-                    # Fan-out: a new array, never `+=`, since the first gradient may be
-                    # another node's upstream array handed through by an add gate.
+                    # Fan-out: a new array, not `+=`, since the first gradient may be
+                    # another node's upstream handed through (an add gate does that).
                     parent.grad = parent.grad + grad
+                    owned[id(parent)] = True
 
     def grads(self, nodes: Iterable[Node]) -> dict[str, Any]:
         return {n.name: n.grad for n in nodes}

@@ -39,7 +39,11 @@ class Optimizer:
                  "adam": ("m", "v"), "adamw": ("m", "v")}[kind]
         self.state = {f"{slot}/{name}": np.zeros_like(p)
                       for name, p in params.items() for slot in slots}
-        self._tmp = {name: np.empty_like(p) for name, p in params.items()}  # reused scratch
+        # One scratch buffer, as large as the largest parameter, reused by every update:
+        # no step allocates, and the memory cost is one parameter, not a copy of them all.
+        largest = max(params.values(), key=lambda p: p.size)
+        scratch = np.empty(largest.size, dtype=largest.dtype)
+        self._tmp = {name: scratch[:p.size].reshape(p.shape) for name, p in params.items()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {**self.state, "t": np.array(self.t)}

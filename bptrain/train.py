@@ -26,6 +26,7 @@ import numpy as np
 
 from bptrain.config import Config, dump_config, load_config
 from bptrain.data import Dataset, load_dataset
+from bptrain.diagnostics import Diagnostics, new_warnings, warnings_summary
 from bptrain.errors import BptrainError, ConfigError, DataError, DivergenceError, EXIT_INTERRUPTED
 from bptrain.model import Model, build_model
 from bptrain.optim import Optimizer, clip_global_norm, learning_rate
@@ -173,6 +174,7 @@ class Trainer:
         self.y_val = d.y_val if d.is_classification else np.ascontiguousarray(d.y_val, dtype)
         self.optimizer = Optimizer(cfg.optimizer, dict(self.model.params))
         self.param_nodes = self.model.params.nodes()
+        self.diagnostics = Diagnostics(self.model)  # per-layer numbers at each evaluation
         t = cfg.train
         n = len(self.X)
         self.batch_size = min(t.batch_size, n)
@@ -202,16 +204,19 @@ class Trainer:
         m = self.model
         Xs, ys = self.X[self.train_sample], self.y[self.train_sample]
         train_loss, train_scores = m.evaluate_loss(Xs, ys)
+        diag = self.diagnostics.collect()  # reads the activations this forward left in the graph
         train_acc = accuracy(train_scores, ys) if m.num_classes and self.data.is_classification else None
         val_loss = val_acc = None
         if len(self.X_val):
             val_loss, val_scores = m.evaluate_loss(self.X_val, self.y_val)
             if m.num_classes and self.data.is_classification:
                 val_acc = accuracy(val_scores, self.y_val)
-        return {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
-                "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc,
-                "batch_loss": batch_loss, "lr": lr,
-                "seconds": round(self.elapsed(), 4)}
+        rec = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
+               "val_loss": val_loss, "train_acc": train_acc, "val_acc": val_acc,
+               "batch_loss": batch_loss, "lr": lr,
+               "seconds": round(self.elapsed(), 4)}
+        self.diagnostics.annotate(rec, diag, self.history)
+        return rec
 
     def _score(self, rec: dict[str, Any]) -> float:
         """Higher is better: validation accuracy, else minus a loss."""
@@ -278,9 +283,12 @@ class Trainer:
         if not math.isfinite(loss):
             raise self.diverged(loss, lr)
         grads = {p.name: p.grad for p in self.param_nodes}
+        watched = self.diagnostics.before_step(self)  # only the step before an evaluation
         if self.cfg.train.grad_clip:
             clip_global_norm(grads, self.cfg.train.grad_clip)
         self.optimizer.step(grads, lr)
+        if watched:
+            self.diagnostics.after_step()
         self.last_finite_loss = loss
         return loss
 
@@ -334,6 +342,8 @@ class Trainer:
                 self.best_score, self.best = score, rec
                 save_npz(self.run_dir / "best.npz", dict(self.model.params))
             self.reporter.evaluation(rec)
+            for w in new_warnings(rec, self.history):  # each pattern once, when it appears
+                self.reporter.message(w["text"])
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
         if not finished or self.batch_index >= self.steps_per_epoch:
             self.epoch += 1
@@ -375,7 +385,8 @@ class Trainer:
         summary = {"name": self.cfg.name, "config": str(self.cfg.source_path or ""),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "steps": self.step, "epochs": self.epoch, "seconds": round(elapsed, 3),
-                   "num_params": self.model.num_params, "final": last, "best": self.best}
+                   "num_params": self.model.num_params, "final": last, "best": self.best,
+                   "warnings": warnings_summary(self.history)}
         save_json(self.run_dir / "summary.json", summary)
         self.reporter.end(summary, self.history)
         return summary

@@ -12,6 +12,7 @@ from bptrain.graph import Gate
 class MatMul(Gate):
     """Y = X @ W.  X: (N, D), W: (D, M) -> Y: (N, M)."""
     name, pattern = "matmul", "swap multiplier"
+    fresh_downstream = True
 
     def forward(self, X, W):
         self.X, self.W = X, W
@@ -39,6 +40,7 @@ class Affine(Gate):
     """Y = X @ W + b, fused into one gate (one output buffer, no intermediate X @ W node).
     X: (N, D), W: (D, M), b: (M,) -> Y: (N, M). The same math as MatMul then BiasAdd."""
     name, pattern = "affine", "swap multiplier"
+    fresh_downstream = True
 
     def forward(self, X, W, b):
         self.X, self.W = X, W

@@ -11,6 +11,7 @@ class L2(Gate):
     """R = 0.5 * strength * sum_k sum(W_k^2). Local gradient strength * W_k (PyTorch's
     weight_decay)."""
     name = "l2"
+    fresh_downstream = True
 
     def __init__(self, strength: float):
         self.strength = strength
@@ -29,6 +30,7 @@ class L2(Gate):
 class L1(Gate):
     """R = strength * sum_k sum(|W_k|). Local gradient strength * sign(W_k); kinked at 0."""
     name, kinked = "l1", True
+    fresh_downstream = True
 
     def __init__(self, strength: float):
         self.strength = strength
