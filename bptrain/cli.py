@@ -191,6 +191,32 @@ def show(config: Path = typer.Argument(..., help="The YAML config whose graph to
         _fail(e)
 
 
+@app.command()
+def sweep(sweep_file: Path = typer.Argument(..., help="The sweep YAML: a base config and the axes to vary."),
+          workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Trials at once (default: one per core)."),
+          backend: str = typer.Option("local", "--backend", help="local (worker processes) or ray."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray: join the cluster at HOST:PORT (default: start a local Ray instance)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="List the trials and exit."),
+          ) -> None:
+    """Tune hyperparameters: train every trial of a sweep in parallel, rank them by a metric."""
+    from bptrain.errors import BptrainError
+    try:
+        from bptrain.report import make_console
+        from bptrain.sweep import load_sweep, plan, run_sweep
+        if backend not in ("local", "ray"):
+            raise BptrainError(f"--backend: choose local or ray, not {backend!r}.")
+        if address and backend != "ray":
+            raise BptrainError("--address joins a Ray cluster; add --backend ray.")
+        sw = load_sweep(sweep_file)
+        if dry_run:
+            for t in plan(sw):
+                typer.echo(t.id + (f"  invalid: {t.error}" if t.error else ""))
+            return
+        run_sweep(sw, workers=workers, backend=backend, address=address)
+    except BptrainError as e:
+        _fail(e)
+
+
 def main() -> None:
     try:
         app()

@@ -7,8 +7,10 @@ tags that build Python objects), extended so that `1e-4` is a number as in YAML 
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import re
+import reprlib
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -62,7 +64,7 @@ class LayerConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = _opt(factory=lambda: [100])
+    hidden: list[int] = _opt(factory=lambda: [100], gt=0)
     activation: str = _opt("relu", choices=ACTIVATIONS)
     init: str = _opt("he", choices=("gaussian", "xavier", "he", "zeros"))
     std: float = _opt(0.01, ge=0.0)        # gaussian init
@@ -165,12 +167,30 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{pos}: {problem}. Fix the YAML syntax there.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: invalid YAML ({e}).") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+        # A well-formed scalar that a safe constructor still cannot build: !!int foo,
+        # 2001-13-45, !!timestamp x, an integer of more than 4300 digits, ...
+        raise ConfigError(f"{where}: a value cannot be read ({type(e).__name__}: "
+                          f"{str(e)[:200]}). Write plain numbers, strings and lists.") from None
 
 
 # ---- validation ---------------------------------------------------------------------------
 def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    word = word if isinstance(word, str) else _show(word)
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _show(value: Any) -> str:
+    """repr for messages, bounded: nested, shared (YAML aliases) or huge values stay short."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print
+        return "a value too large to print"
 
 
 def _type_name(tp: Any) -> str:
@@ -193,7 +213,7 @@ def _check_value(value: Any, tp: Any, meta: dict, path: str) -> Any:
         return _check_value(value, tp, meta, path)
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}.")
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}.")
         (item,) = typing.get_args(tp)
         return [_check_value(v, item, meta, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
@@ -204,14 +224,19 @@ def _check_value(value: Any, tp: Any, meta: dict, path: str) -> Any:
           isinstance(value, str))
     if not ok:
         hint = " (quote nothing, and write numbers like 0.001 or 1e-3)" if tp is float else ""
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}{hint}.")
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}{hint}.")
+    if tp is int and not -2**63 <= value < 2**63:
+        raise ConfigError(f"{path}: {_show(value)} is too large; give a 64-bit integer.")
     if tp is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            value = float("inf")
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{path}: expected a finite number, got {value}.")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{path}: unknown value {value!r}; choose one of "
+        raise ConfigError(f"{path}: unknown value {_show(value)}; choose one of "
                           f"{', '.join(choices)}.{_suggest(value, choices)}")
     for op, bound, words in (("ge", meta.get("ge"), "at least"), ("gt", meta.get("gt"),
                              "greater than"), ("le", meta.get("le"), "at most"),
@@ -231,12 +256,13 @@ def _build(cls: type, data: Any, path: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{label}: expected a mapping of keys to values, got {data!r}.")
+        raise ConfigError(f"{label}: expected a mapping of keys to values, got {_show(data)}.")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls) if f.name != "source_path"]
     for key in data:
         if key not in known:
-            where = f"{path}.{key}" if path else str(key)
+            shown = key if isinstance(key, str) else _show(key)
+            where = f"{path}.{shown}" if path else shown
             raise ConfigError(f"{where}: unknown key.{_suggest(key, known)} Valid keys"
                               f"{' in ' + path if path else ''}: {', '.join(known)}.")
     values = {}
@@ -252,6 +278,11 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 def _check_combinations(cfg: Config) -> None:
     """What each key allows alone can still be impossible together."""
+    name = cfg.name
+    if (not name.strip() or "\0" in name or name.startswith(("/", "\\", "~"))
+            or ".." in re.split(r"[/\\]", name) or name.strip() == "."):
+        raise ConfigError(f"name: {_show(name)} cannot name a run folder (runs go to "
+                          "runs/<name>/); use letters, digits, '-' and '_', e.g. name: mlp.")
     if cfg.data.source in ("npz", "csv", "cifar10", "mnist") and not cfg.data.path:
         raise ConfigError(f"data.path: the '{cfg.data.source}' source reads a file or folder; "
                           f"set data.path (e.g. --set data.path=my_data.{cfg.data.source}).")
@@ -342,8 +373,10 @@ def dump_config(cfg: Config) -> str:
 
 
 def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data
+    # deepcopy's memo keeps YAML aliases shared (a "billion laughs" file stays small) and
+    # copies self-referencing structures (&a [*a]) without endless recursion.
+    try:
+        return copy.deepcopy(data)
+    except RecursionError:
+        raise ConfigError("the config is nested too deeply to read; write plain sections of "
+                          "keys and values.") from None

@@ -34,7 +34,7 @@ import numpy as np
 HEALTHY_RATIO = 1e-3      # CS231n: updates about a thousandth of the weights
 RATIO_HIGH = 1e-1         # above: the learning rate is probably too high
 RATIO_LOW = 1e-5          # below: probably too low
-VANISHING = 1e-3          # first-layer / last-layer gradient norm below this: vanishing
+VANISHING = 1e-2          # early-layer / output-layer gradient norm below this: vanishing
 EXPLODING = 1e2           # a norm grown by two orders of magnitude: exploding
 MOSTLY = 0.5              # "most units" dead / saturated
 SIGMOID_EDGE = 0.01       # sigmoid < 0.01 or > 0.99 is saturated
@@ -153,7 +153,10 @@ class Diagnostics:
                 a = l.act_node.value
                 if a is not None and np.ndim(a) == 2 and len(a):
                     if l.activation == "relu":
-                        d["dead"] = _short(float(1.0 - np.mean(np.any(a > 0, axis=0))))
+                        mask = getattr(l.act_node.gate, "mask", None)  # x > 0, kept by forward
+                        alive = (mask if mask is not None and mask.shape == a.shape
+                                 else a > 0).any(axis=0)
+                        d["dead"] = _short(float(1.0 - np.mean(alive)))
                     elif l.activation in ("sigmoid", "tanh"):
                         if l.activation == "sigmoid":
                             sat = (a < SIGMOID_EDGE) | (a > 1.0 - SIGMOID_EDGE)
@@ -170,11 +173,17 @@ class Diagnostics:
         """Put `diagnostics` and this evaluation's `warnings` into the record."""
         rec["diagnostics"] = diag
         rec["warnings"] = find_warnings(diag, self.init_norms, history,
-                                        self.model.cfg.optimizer.lr)
+                                        self.model.cfg.optimizer.lr, rec.get("train_loss"))
 
 
 def _identical(W: np.ndarray, b: np.ndarray | None) -> bool:
-    scale = float(np.max(np.abs(W))) if W.size else 0.0
+    """Every column of W (and every bias) equal, up to rounding. Usually settled by the first
+    two columns, which is all it costs."""
+    scale = float(np.max(np.abs(W[:, :2]))) if W.size else 0.0
+    tol = 1e-9 * scale + 1e-12
+    if np.any(np.abs(W[:, 1] - W[:, 0]) > tol):
+        return False
+    scale = float(np.max(np.abs(W)))
     tol = 1e-9 * scale + 1e-12
     same = bool(np.all(np.abs(W - W[:, :1]) <= tol))
     if same and b is not None:
@@ -192,9 +201,11 @@ def _e(x: float) -> str:
 
 
 def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
-                  history: list[dict[str, Any]], lr: float) -> list[dict[str, str]]:
+                  history: list[dict[str, Any]], lr: float,
+                  train_loss: float | None = None) -> list[dict[str, str]]:
     """The failure patterns visible in one evaluation's diagnostics, each naming the layer and
-    a likely fix. `history` is the earlier evaluations (for growth of gradient norms)."""
+    a likely fix. `history` is the earlier evaluations (growth of gradient norms, progress of
+    the loss); `train_loss` is this evaluation's; `lr` the configured learning rate."""
     out: list[dict[str, str]] = []
     names = list(diag)
     structural: set[str] = set()   # layers whose small gradients have a known cause
@@ -223,6 +234,7 @@ def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
     for name, d in diag.items():
         sat = d.get("saturated")
         if sat is not None and sat > MOSTLY and name not in structural:
+            structural.add(name)
             act = d.get("activation")
             out.append(_warn("saturated", name, (
                 f"{name} ({act}): {sat:.0%} of its units are saturated (output pinned near "
@@ -230,44 +242,52 @@ def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
                 "local gradient is almost 0, so little gradient passes back. Likely fix: a "
                 "smaller initialization (model.init=xavier), standardized inputs "
                 "(data.standardize=true), or model.activation=relu.")))
-    # Vanishing gradients: an early layer's gradient far below the output layer's.
+    # Vanishing gradients: early layers' gradients far below the output layer's.
     last = diag[names[-1]].get("grad_norm") if names else None
     if len(names) >= 2 and last and not (structural - {names[-1]}):
-        for name in names[:-1]:
-            g = diag[name].get("grad_norm")
-            if g is not None and g / last < VANISHING:
-                structural.add(name)
-                acts = {diag[n].get("activation") for n in names[:-1]}
-                cause = (" sigmoid/tanh layers scale the gradient down at every layer;"
-                         if acts & {"sigmoid", "tanh"} else "")
-                out.append(_warn("vanishing", name, (
-                    f"{name}: vanishing gradient: its gradient norm {_e(g)} is {_e(g / last)} "
-                    f"times the output layer's ({_e(last)}), so this early layer barely "
-                    f"learns.{cause} Likely fix: model.activation=relu, xavier/he "
-                    "initialization instead of small gaussian weights, or fewer layers.")))
-                break
-    # Exploding norms: weights grown 100x since initialization, or gradients 100x since the
-    # first evaluation.
+        low = [n for n in names[:-1] if diag[n].get("grad_norm") is not None
+               and diag[n]["grad_norm"] / last < VANISHING]
+        if low:
+            name, g = low[0], diag[low[0]]["grad_norm"]
+            structural.update(low)
+            others = f" ({', '.join(low[1:])} too)" if len(low) > 1 else ""
+            acts = {diag[n].get("activation") for n in names[:-1]}
+            cause = (" Sigmoid and tanh scale the gradient down at every layer (the sigmoid's "
+                     "local gradient is at most 0.25)." if acts & {"sigmoid", "tanh"} else "")
+            out.append(_warn("vanishing", name, (
+                f"{name}: vanishing gradient: its gradient norm {_e(g)} is {_e(g / last)} "
+                f"times the output layer's ({_e(last)}){others}, so the early layers barely "
+                f"learn.{cause} Likely fix: model.activation=relu, xavier or he "
+                "initialization instead of small gaussian weights, or fewer layers.")))
+    # Exploding norms: weights 100x larger than at initialization or at the first evaluation
+    # and still changing by more than a tenth of themselves per step (small-init layers grow
+    # that much, healthily, but their updates settle near 1e-3), or no longer finite.
     first = next((r.get("diagnostics") for r in history if r.get("diagnostics")), None)
     for name, d in diag.items():
-        w, w0 = d.get("weight_norm"), init_norms.get(name, 0.0)
-        g = d.get("grad_norm")
-        g0 = (first or {}).get(name, {}).get("grad_norm")
+        w, r = d.get("weight_norm"), d.get("update_ratio")
+        refs = [(init_norms.get(name, 0.0), "initialization"),
+                ((first or {}).get(name, {}).get("weight_norm"), "the first evaluation")]
         what = None
-        if w is not None and (not math.isfinite(w) or (w0 > 0 and w >= EXPLODING * w0)):
-            what = (f"the norm of its weights grew from {_e(w0)} at initialization to "
-                    f"{_e(w)} (x{_e(w / w0)})" if math.isfinite(w) and w0 > 0 else
-                    "its weights are no longer finite")
-        elif g is not None and g0 and g >= EXPLODING * g0:
-            what = (f"its gradient norm grew from {_e(g0)} at the first evaluation to "
-                    f"{_e(g)} (x{_e(g / g0)})")
+        if w is not None and not math.isfinite(w):
+            what = "its weights are no longer finite numbers"
+        elif w is not None and r is not None and r > RATIO_HIGH:
+            for ref, when in refs:
+                if ref and w >= EXPLODING * ref:
+                    what = (f"the norm of its weights grew from {_e(ref)} at {when} to {_e(w)} "
+                            f"(x{_e(w / ref)}) and still changes by {_e(r)} of itself per step")
+                    break
         if what:
+            g = d.get("grad_norm")
+            grad = f"; its gradient norm is {_e(g)}" if g is not None else ""
             structural.add(name)
             out.append(_warn("exploding", name, (
-                f"{name}: exploding norms: {what}. Likely fix: a smaller learning rate "
+                f"{name}: exploding norms: {what}{grad}. Likely fix: a smaller learning rate "
                 f"(optimizer.lr={lr / 10:g}), gradient clipping (train.grad_clip=5), or "
                 "stronger regularization.")))
-    # Update-to-weight ratios far from 1e-3.
+    # Update-to-weight ratios far from 1e-3. A small ratio late in training, once the loss has
+    # fallen (to under half of the first evaluation's), is convergence, not a too-low rate.
+    stalled = not history or train_loss is None or not history[0].get("train_loss") or \
+        train_loss > 0.5 * history[0]["train_loss"]
     for name, d in diag.items():
         r = d.get("update_ratio")
         if r is None:
@@ -277,7 +297,7 @@ def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
                 f"{name}: the last step changed its weights by {_e(r)} of their norm "
                 f"(update/weight ratio; about {HEALTHY_RATIO:g} is healthy): the learning "
                 f"rate is probably too high. Likely fix: optimizer.lr={lr / 10:g} or lower.")))
-        elif r < RATIO_LOW and name not in structural and d.get("grad_norm"):
+        elif r < RATIO_LOW and stalled and name not in structural and d.get("grad_norm"):
             out.append(_warn("update_low", name, (
                 f"{name}: the last step changed its weights by only {_e(r)} of their norm "
                 f"(update/weight ratio; about {HEALTHY_RATIO:g} is healthy): the learning "

@@ -162,7 +162,7 @@ class RichReporter:
             self.progress = None
 
 
-def loss_chart(history: Sequence[dict[str, Any]], title: str = "loss") -> Text:
+def loss_chart(history: Sequence[dict[str, Any]], title: str | None = None) -> Text:
     """Train and validation loss against epochs, as a terminal chart."""
     x = [r["epoch"] for r in history]
     series = [Series("train", x, [r["train_loss"] for r in history], "magenta")]
@@ -224,8 +224,11 @@ def gradcheck_verdict(results: Sequence[Any]) -> Text:
     note = f" ({kinks} entries crossed a kink and were not counted)" if kinks else ""
     if failed:
         names = ", ".join(r.name for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        why = "".join(f"\n  {r.name}: {r.worst['error']}" for r in failed
+                      if r.worst.get("error"))  # a crash or a wrong shape: say which
         return Text(f"FAIL: {len(failed)} of {len(results)} checks failed: {names}. Their "
-                    f"backward disagrees with the numerical gradient{note}.", style="bold red")
+                    f"backward disagrees with the numerical gradient{note}.{why}",
+                    style="bold red")
     worst = max((r.max_rel_error for r in results), default=0.0)
     return Text(f"PASS: {len(results)} checks, {entries} entries, max relative error "
                 f"{worst:.1e}{note}.", style="bold green")
@@ -239,15 +242,18 @@ def trace_report(t: Any) -> list[Any]:
     """`bptrain trace`: (a) forward values, (b) backward steps, (c) gradients."""
     values = ", ".join(f"{k} = {_num(v)}" for k, v in t.values.items())
     out: list[Any] = [Text(f"f = {t.expression}   at {values}", style="bold")]
-    fwd = Table(title="(a) forward, in topological order", title_justify="left",
-                show_edge=False, pad_edge=False)
+    # Each title is a line of its own: a table's title wraps at the table's width, which
+    # split "(c) gradients of f =" from the value on narrow tables.
+    out.append(Text("(a) forward, in topological order", style="italic"))
+    fwd = Table(show_edge=False, pad_edge=False)
     for col in ("node", "gate", "inputs", "value"):
         fwd.add_column(col, justify="right" if col == "value" else "left")
     for n in t.nodes:
         fwd.add_row(n["name"], n["gate"], ", ".join(n["inputs"]), _num(n["value"]))
     out.append(fwd)
-    back = Table(title="(b) backward, in reverse order: downstream = local x upstream",
-                 title_justify="left", show_edge=False, pad_edge=False)
+    out.append(Text("(b) backward, in reverse order: downstream = local x upstream",
+                    style="italic"))
+    back = Table(show_edge=False, pad_edge=False)
     for col in ("gate", "pattern", "upstream", "to input", "local", "downstream"):
         back.add_column(col, justify="right" if col in ("upstream", "local", "downstream")
                         else "left")
@@ -262,8 +268,8 @@ def trace_report(t: Any) -> list[Any]:
         parts = " + ".join(_num(p["gradient"]) for p in c["contributions"])
         out.append(Text(f"copy (adder): {c['variable']} is used {len(c['contributions'])} "
                         f"times, so its gradients add: {parts} = {_num(c['total'])}"))
-    grads = Table(title=f"(c) gradients of f = {_num(t.output)}", title_justify="left",
-                  show_edge=False, pad_edge=False)
+    out.append(Text(f"(c) gradients of f = {_num(t.output)}", style="italic"))
+    grads = Table(show_edge=False, pad_edge=False)
     grads.add_column("variable")
     grads.add_column("df/dvariable", justify="right")
     if t.numerical:
@@ -298,3 +304,406 @@ def graph_table(s: Any, title: str) -> list[Any]:
                   f"{s.macs:,}   cached activations: {s.cached_bytes:,} bytes "
                   f"({s.cached_bytes / 2**20:.2f} MiB)")
     return [table, totals]
+
+
+# ---- bptrain sweep ------------------------------------------------------------------------
+SWEEP_STATUS_STYLE = {"queued": "dim", "submitted": "dim", "running": "cyan", "done": "green",
+                      "failed": "bold red", "interrupted": "yellow"}
+
+
+def sweep_metric(value: Any, metric: str) -> str:
+    """A sweep metric: accuracies in percent, losses as numbers."""
+    if value is None:
+        return "-"
+    return pct(value) if metric.endswith("_acc") else fmt(value)
+
+
+def short_reason(reason: str | None, width: int = 90) -> str:
+    """A failure reason's first sentence, cut to `width` characters."""
+    if not reason:
+        return ""
+    text = reason.split(" (last finite loss")[0].split(". ")[0].rstrip(".")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _settings_cells(row: dict[str, Any], names: dict[str, str]) -> list[str]:
+    from bptrain.sweep import format_value
+    return [format_value(row["settings"].get(k)) for k in names]
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], info: dict[str, Any],
+                progress: dict[str, Any] | None = None, max_rows: int | None = None) -> Table:
+    """The live table: one row a trial (status, settings, metric so far, epoch, note)."""
+    progress = progress or {}
+    names, metric = info["axes"], info["metric"]
+    table = Table(title=f"sweep {info['name']} -> {info['dir']}/", title_justify="left",
+                  show_edge=False, pad_edge=False)
+    table.add_column("trial")
+    table.add_column("status")
+    for short in names.values():
+        table.add_column(short, justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("epoch", justify="right")
+    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
+    shown = list(rows)
+    hidden = 0
+    if max_rows is not None and len(shown) > max_rows:
+        order = {"running": 0, "done": 1, "failed": 2, "interrupted": 3}
+        sign = -1 if info["goal"] == "maximize" else 1
+        shown.sort(key=lambda r: (order.get(r["status"], 4),
+                                  sign * r["metric"] if r["metric"] is not None else 0,
+                                  r["index"]))
+        hidden = len(shown) - max_rows
+        shown = sorted(shown[:max_rows], key=lambda r: r["index"])
+    for r in shown:
+        p = progress.get(r["trial"])
+        status, value, epoch = r["status"], r["metric"], r["epoch"]
+        if status == "running" and p:
+            value = p.get("metric")
+            epoch = f"{p['epoch']}/{p['epochs']}" if p.get("epochs") else p.get("epoch")
+        label = "done (kept)" if r.get("reused") else status
+        table.add_row(_short_id(r), Text(label, style=SWEEP_STATUS_STYLE.get(status, "")),
+                      *_settings_cells(r, names), sweep_metric(value, metric),
+                      "" if epoch is None else str(epoch), short_reason(r.get("reason")))
+    counts = {s: sum(r["status"] == s for r in rows) for s in SWEEP_STATUS_STYLE}
+    best = _best_row(rows, info["goal"])
+    caption = (f"{counts['done']}/{len(rows)} done, {counts['running']} running, "
+               f"{counts['failed']} failed")
+    if hidden:
+        caption += f", {hidden} more not shown"
+    if best:
+        caption += f"; best so far {best['trial']}: {sweep_metric(best['metric'], metric)}"
+    table.caption = caption
+    return table
+
+
+def _best_row(rows: Sequence[dict[str, Any]], goal: str) -> dict[str, Any] | None:
+    done = [r for r in rows if r["status"] == "done" and r["metric"] is not None]
+    if not done:
+        return None
+    sign = -1 if goal == "maximize" else 1
+    return min(done, key=lambda r: (sign * r["metric"], r["index"]))
+
+
+def _secs(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def sweep_leaderboard(records: Sequence[dict[str, Any]], info: dict[str, Any]) -> list[Any]:
+    """Finished trials best first (then the others), and each failure's reason."""
+    names, metric, goal = info["axes"], info["metric"], info["goal"]
+    sign = -1 if goal == "maximize" else 1
+    done = sorted((r for r in records if r["status"] == "done"),
+                  key=lambda r: (sign * r["metric"], r["index"]))
+    other = [r for r in records if r["status"] != "done"]
+    better = "higher" if goal == "maximize" else "lower"
+    table = Table(title=f"leaderboard: {info['name']} by {metric} ({better} is better)",
+                  title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("trial", no_wrap=True)
+    for short in names.values():
+        table.add_column(short, justify="right")
+    table.add_column(metric, justify="right")
+    table.add_column("epoch", justify="right")
+    table.add_column("seconds", justify="right")
+    for rank, r in enumerate(done, 1):
+        table.add_row(str(rank), Text(_short_id(r), style="bold green" if rank == 1 else ""),
+                      *_settings_cells(r, names), sweep_metric(r["metric"], metric),
+                      str(r["epoch"] or ""), _secs(r.get("seconds")) +
+                      (" (kept)" if r.get("reused") else ""))
+    for r in other:
+        table.add_row("-", _short_id(r), *_settings_cells(r, names),
+                      Text(r["status"], style=SWEEP_STATUS_STYLE.get(r["status"], "")), "", "")
+    out: list[Any] = [table]
+    for r in other:
+        if r.get("reason"):
+            out.append(Text(f"{_short_id(r)} {r['status']}: ", style=SWEEP_STATUS_STYLE.get(
+                r["status"], "")) + Text(short_reason(r["reason"], 160)))
+    return out
+
+
+def _short_id(row: dict[str, Any]) -> str:
+    """t003 of t003-lr0.1-strength1e-4: the settings have their own columns."""
+    return row["trial"].split("-")[0]
+
+
+def sweep_line(row: dict[str, Any], n: int, total: int, metric: str) -> Text:
+    """One finished trial as a plain line (logs, CI, pipes): the n-th of `total` to run."""
+    line = Text(f"[{n:>{len(str(total))}}/{total}] {row['trial']} ")
+    status = row["status"]
+    line.append(status, style=SWEEP_STATUS_STYLE.get(status, ""))
+    if status == "done":
+        line.append(f"  {metric} {sweep_metric(row['metric'], metric)} "
+                    f"(epoch {row['epoch']}, {_secs(row.get('seconds'))}s)")
+    elif row.get("reason"):
+        line.append(f": {short_reason(row['reason'])}")
+    return line
+
+
+class SweepReporter:
+    """The sweep's console: a live table on a terminal, plain lines otherwise; then the
+    leaderboard and where the results are."""
+
+    def __init__(self, console: Console | None = None, live: bool | None = None):
+        self.console = console or make_console()
+        self.use_live = self.console.is_terminal if live is None else live
+        self.live: Any = None
+        self.info: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.progress: dict[str, Any] = {}
+        self.finished = 0
+
+    def _render(self) -> Table:
+        return sweep_table(self.rows, self.info, self.progress,
+                           max_rows=max(self.console.height - 8, 5))
+
+    def start(self, info: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        from rich.live import Live
+        self.info, self.rows = info, rows
+        c = self.console
+        kind = "local Ray CPU" if info["backend"] == "ray" else "worker process"
+        where = (f"the Ray cluster at {info['address']}" if info.get("address") else
+                 f"{info['workers']} {kind}{'es' if kind.endswith('s') else 's'}"
+                 if info["workers"] != 1 else f"1 {kind}")
+        c.print(Text(f"bptrain sweep {info['name']} -> {info['dir']}/", style="bold"))
+        goal = "higher" if info["goal"] == "maximize" else "lower"
+        c.print(f"{info['trials']} trials, {info['to_run']} to run on {where}; metric "
+                f"{info['metric']} ({goal} is better)")
+        if info["reused"]:
+            c.print(f"{info['reused']} trials already finished with the same config: kept, "
+                    "not trained again")
+        if info["invalid"]:
+            c.print(Text(f"{info['invalid']} trials have an invalid setting and are recorded "
+                         "as failed", style="yellow"))
+        if self.use_live and info["to_run"]:
+            self.live = Live(self._render(), console=c, refresh_per_second=4, transient=True)
+            self.live.start()
+
+    def update(self, rows: list[dict[str, Any]], progress: dict[str, Any]) -> None:
+        self.rows, self.progress = rows, progress
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def trial_finished(self, row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        if self.live is not None:
+            self.live.update(self._render())
+        else:
+            self.finished += 1
+            self.console.print(sweep_line(row, self.finished, self.info["to_run"],
+                                          self.info["metric"]))
+
+    def message(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(Text("note: ", style="yellow") + Text(text))
+        else:
+            self.console.print(Text("note: ", style="yellow") + Text(text))
+
+    def end(self, info: dict[str, Any], records: list[dict[str, Any]], result: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        c = self.console
+        for part in sweep_leaderboard(records, info):
+            c.print(part)
+        ran = [r for r in records if r["status"] in ("done", "failed") and not r.get("reused")
+               and r.get("seconds") is not None]
+        busy = sum(r["seconds"] for r in ran)
+        if ran:
+            unit = "Ray CPUs" if result.backend == "ray" else "workers"
+            c.print(f"wall {result.wall_seconds:.1f}s for {len(ran)} trials on {result.workers} "
+                    f"{unit}; their training time adds up to {busy:.1f}s"
+                    + (f" ({busy / result.wall_seconds:.1f}x the wall time)"
+                       if busy >= result.wall_seconds > 0 else ""))
+        elif not info["to_run"]:
+            c.print("nothing to train: every valid trial had already finished")
+        if result.best:
+            b = result.best
+            c.print(Text(f"best: {b['trial']}  {info['metric']} "
+                         f"{sweep_metric(b['metric'], info['metric'])} (epoch {b['epoch']}) -> "
+                         f"{info['dir']}/best.yaml", style="bold green"))
+
+
+# ---- diagnostics, runs, compare, sanity ---------------------------------------------------
+def _ratio_style(r: float | None) -> str:
+    """update/weight ratio: about 1e-3 is healthy (CS231n); far off is red."""
+    if r is None:
+        return "dim"
+    if r > 1e-1 or r < 1e-5:
+        return "bold red"
+    return "green" if 1e-4 <= r <= 1e-2 else "yellow"
+
+
+def _sci(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+def diagnostics_table(record: dict[str, Any]) -> Table:
+    """One evaluation's per-layer diagnostics (bptrain run --diagnostics)."""
+    table = Table(title=f"diagnostics at epoch {record.get('epoch')}", title_justify="left",
+                  show_edge=False, pad_edge=False, title_style="dim")
+    for col, j in (("layer", "left"), ("act", "left"), ("|grad W|", "right"),
+                   ("|W|", "right"), ("update/|W|", "right"), ("dead/sat", "right"),
+                   ("", "left")):
+        table.add_column(col, justify=j)
+    flagged = {w["layer"] for w in record.get("warnings") or ()}
+    for name, d in (record.get("diagnostics") or {}).items():
+        frac = d.get("dead", d.get("saturated"))
+        frac_cell = (Text("-", style="dim") if frac is None else
+                     Text(f"{frac:.0%}" + (" dead" if "dead" in d else " sat"),
+                          style="bold red" if frac > 0.5 else ("yellow" if frac > 0.1 else "")))
+        note = "identical units" if d.get("identical") else ""
+        table.add_row(Text(name, style="bold red" if name in flagged else ""),
+                      d.get("activation") or "", _sci(d.get("grad_norm")),
+                      _sci(d.get("weight_norm")),
+                      Text(_sci(d.get("update_ratio")), style=_ratio_style(d.get("update_ratio"))),
+                      frac_cell, Text(note, style="bold red"))
+    return table
+
+
+class DiagnosticsReporter(RichReporter):
+    """`bptrain run --diagnostics`: the usual console plus a per-layer table at each
+    evaluation."""
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        super().evaluation(record)
+        if not self.quiet and record.get("diagnostics"):
+            self.console.print(diagnostics_table(record))
+
+
+def runs_table(runs: Sequence[Any], root: str) -> Table:
+    """`bptrain runs`: one row per run directory."""
+    table = Table(title=f"runs in {root}/", title_justify="left", show_edge=False,
+                  pad_edge=False)
+    for col, j in (("run", "left"), ("date", "left"), ("config", "left"), ("network", "left"),
+                   ("epochs", "right"), ("best val acc", "right"), ("best loss", "right"),
+                   ("warnings", "left")):
+        table.add_column(col, justify=j)
+    for r in runs:
+        m = r.metrics()
+        total = f"/{r.total_epochs}" if r.total_epochs else ""
+        epochs = (Text(str(m["epochs"])) if r.finished else
+                  Text(f"{m['epochs']}{total} unfinished", style="yellow"))
+        acc = (Text(pct(m["best_val_acc"]), style="bold cyan")
+               if m["best_val_acc"] is not None else Text("-", style="dim"))
+        loss = (f"{fmt(m['best_loss'])} ({m['best_loss_kind']})"
+                if m["best_loss"] is not None else "-")
+        warn = Text(", ".join(sorted({w.split(' ')[0] for w in m["warnings"]})) or "",
+                    style="red")
+        table.add_row(r.name, r.date, r.source or "-", describe_network(r.config), epochs,
+                      acc, loss, warn)
+    if not runs:
+        table.caption = "no runs yet: bptrain run CONFIG writes one"
+    return table
+
+
+def describe_network(config: dict[str, Any]) -> str:
+    """A config in a few words: hidden sizes, activation, loss, optimizer and rate."""
+    model, loss = config.get("model") or {}, config.get("loss") or {}
+    opt = config.get("optimizer") or {}
+    if model.get("layers"):
+        net = "-".join(str(l.get("units") or l.get("type")) for l in model["layers"]
+                       if isinstance(l, dict) and l.get("type") == "affine")
+        net = f"layers {net}"
+    else:
+        net = f"{model.get('hidden')} {model.get('activation', '')}".strip()
+    return f"{net}, {loss.get('type', '?')}, {opt.get('type', '?')} {opt.get('lr', '')}".strip()
+
+
+def _show_setting(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "null"
+    return str(v)
+
+
+def compare_report(runs: Sequence[Any], labels: Sequence[str]) -> list[Any]:
+    """`bptrain compare`: settings that differ, final and best metrics, overlaid loss curves."""
+    from bptrain.runs import differing_settings
+    out: list[Any] = []
+    diff = differing_settings(list(runs))
+    settings = Table(title="settings that differ", title_justify="left", show_edge=False,
+                     pad_edge=False)
+    settings.add_column("key")
+    for label in labels:
+        settings.add_column(label, justify="right")
+    for key, values in diff:
+        settings.add_row(key, *[_show_setting(v) for v in values])
+    if not diff:
+        settings.caption = "the configs are identical"
+    out.append(settings)
+
+    metrics = [r.metrics() for r in runs]
+    table = Table(title="metrics", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("")
+    for label in labels:
+        table.add_column(label, justify="right")
+
+    def row(name: str, key: str, show, better: str | None = None, extra=None) -> None:
+        vals = [m.get(key) for m in metrics]
+        if all(v is None for v in vals):
+            return
+        known = [v for v in vals if v is not None]
+        best = (max(known) if better == "max" else min(known)) if better and len(known) > 1 \
+            else None
+        cells = []
+        for m, v in zip(metrics, vals):
+            text = show(v) + (extra(m) if extra and v is not None else "")
+            cells.append(Text(text, style="bold green" if best is not None and v == best
+                              else ""))
+        table.add_row(name, *cells)
+
+    table.add_row("status", *[Text("finished" if r.finished else "unfinished",
+                                   style="" if r.finished else "yellow") for r in runs])
+    row("epochs", "epochs", str)
+    row("final train loss", "final_train_loss", fmt, "min")
+    row("final val loss", "final_val_loss", fmt, "min")
+    row("final train acc", "final_train_acc", pct, "max")
+    row("final val acc", "final_val_acc", pct, "max")
+    row("best val acc", "best_val_acc", pct, "max",
+        lambda m: f" (ep {m['best_val_acc_epoch']})")
+    row("best loss", "best_loss", fmt, "min",
+        lambda m: f" ({m['best_loss_kind']}, ep {m['best_loss_epoch']})")
+    row("seconds", "seconds", lambda v: f"{v:.1f}")
+    table.add_row("warnings", *[Text(", ".join(m["warnings"]) or "none",
+                                     style="red" if m["warnings"] else "dim")
+                                for m in metrics])
+    out.append(table)
+
+    series = []
+    kinds = set()
+    for label, r in zip(labels, runs):
+        kind, x, y = r.curve()
+        kinds.add(kind)
+        series.append(Series(f"{label} ({kind})", x, y))
+    what = " / ".join(sorted(kinds, reverse=True)) if kinds else "loss"
+    out.append(line_chart(series, title=f"{what} loss per run", x_label="epoch",
+                          y_label="loss"))
+    return out
+
+
+SANITY_STYLE = {"pass": "bold green", "fail": "bold red", "skip": "dim"}
+
+
+def sanity_report(checks: Sequence[Any], title: str) -> list[Any]:
+    """`bptrain sanity`: one line per check (status, name, measured vs expected), the sentence
+    on what it means under it, and a verdict."""
+    out: list[Any] = [Text(title, style="bold")]
+    for c in checks:
+        line = Text(f"{c.status.upper():4} ", style=SANITY_STYLE[c.status])
+        line.append(c.name, style="bold")
+        if c.measured:
+            line.append(f"  {c.measured}")
+        out.append(line)
+        out.append(Text(f"     {c.meaning}"))
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        out.append(Text(f"FAIL: {len(failed)} of {len(checks)} checks failed: "
+                        f"{', '.join(c.name for c in failed)}.", style="bold red"))
+    else:
+        ran = sum(c.status == "pass" for c in checks)
+        out.append(Text(f"PASS: {ran} checks passed" + (
+            f" ({len(checks) - ran} skipped)" if ran < len(checks) else "") + ".",
+            style="bold green"))
+    return out

@@ -110,9 +110,11 @@ class _Builder:
             inner = self.build(node.operand)
             return self._apply(G.Negate(), node, inner) if isinstance(node.op, ast.USub) else inner
         if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-                name = node.func.id if isinstance(node.func, ast.Name) else "this"
-                raise self.fail(node.func, f"unknown function {name!r}; known: "
+            if not isinstance(node.func, ast.Name):  # obj.method(...), f(x)(y), ...
+                raise self.fail(node.func, "only the functions " + ", ".join(FUNCTIONS)
+                                + " can be called, by name")
+            if node.func.id not in FUNCTIONS:
+                raise self.fail(node.func, f"unknown function {node.func.id!r}; known: "
                                 + ", ".join(FUNCTIONS))
             gate_cls, arity = FUNCTIONS[node.func.id]
             if node.keywords or len(node.args) != arity:
@@ -152,11 +154,13 @@ def parse_assignments(pairs: list[str]) -> dict[str, float]:
             raise BptrainError(f"{pair!r}: give variable values as NAME=VALUE, e.g. x=-2.")
         try:
             value = float(text)
-        except ValueError:
-            raise BptrainError(f"{name}={text!r}: the value is not a number; write e.g. "
-                               f"{name}=-2.5") from None
+        except ValueError:  # the caret goes under the value, as under an expression's part
+            raise ExpressionError(pair, len(pair) - len(text), len(pair),
+                                  f"{name}={text!r}: the value is not a number; write e.g. "
+                                  f"{name}=-2.5") from None
         if not math.isfinite(value):
-            raise BptrainError(f"{name}={text}: give a finite number.")
+            raise ExpressionError(pair, len(pair) - len(text), len(pair),
+                                  f"{name}={text}: give a finite number.")
         values[name] = value
     return values
 

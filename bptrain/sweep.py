@@ -1,0 +1,864 @@
+"""Sweeps: many trainings of one base config with some keys varied, run in parallel.
+
+A sweep file (YAML) names a base config and the axes to vary:
+
+    name: sweep-digits
+    base: mlp.yaml                     # relative to this file, or an inline mapping
+    method: grid                       # grid | random
+    axes:
+      optimizer.lr: [0.03, 0.1, 0.3]   # grid: a list of values
+      regularization.strength: {loguniform: [1.0e-5, 1.0e-2]}   # random only
+    trials: 20                         # random only
+    metric: best.val_acc               # default; goal follows (maximize accuracies)
+    seed: 0                            # drives random sampling only
+
+Every trial is a normal run (`bptrain.train.train`) in runs/<sweep>/<trial-id>/ with its own
+resolved config.yaml, so `bptrain run runs/<sweep>/<trial-id>/config.yaml` repeats it alone.
+`run_trial` is the one function both backends call for a trial: local worker processes
+(concurrent.futures with the spawn context) or Ray tasks. Results land in
+runs/<sweep>/sweep.jsonl (one line a trial) and the winner's config in runs/<sweep>/best.yaml.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bptrain.config import (Config, _suggest, config_from_dict, dump_config, load_config,
+                            parse_yaml)
+from bptrain.errors import (BptrainError, ConfigError, DivergenceError, EXIT_FAILED,
+                            EXIT_INTERRUPTED)
+
+SWEEP_KEYS = ("name", "base", "axes", "method", "trials", "metric", "goal", "seed")
+METHODS = ("grid", "random")
+DISTRIBUTIONS = ("uniform", "loguniform", "choice")
+METRIC_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")
+METRICS = tuple(f"{w}.{k}" for w in ("best", "final") for k in METRIC_KEYS)
+GOALS = ("maximize", "minimize")
+ALIASES = {"learning_rate": "lr", "hidden_size": "hidden", "hidden_sizes": "hidden",
+           "hidden_units": "hidden", "reg": "strength", "lambda": "strength"}  # other trainers' words
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.npz", "best.npz", "model.npz",
+             "summary.json")
+# BLAS threads per trial. Measured on 2 cores (configs/mlp.yaml): 0.41 s with 1 thread,
+# 1.14 s with 2, even for a single run; two runs side by side with 2 threads each take 2.3 s
+# per run. The matrices are small, so threads cost more than they give. Results are identical.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class SweepInterrupted(BptrainError):
+    """Ctrl-C or SIGTERM stopped the sweep; finished trials are kept."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class SweepFailed(BptrainError):
+    """Every trial of the sweep failed."""
+
+    exit_code = EXIT_FAILED
+
+
+# ---- the sweep file ------------------------------------------------------------------------
+@dataclass
+class Axis:
+    key: str                   # dotted config key, e.g. optimizer.lr
+    kind: str                  # values (a list) | uniform | loguniform | choice
+    values: list[Any] = field(default_factory=list)   # values, choice
+    low: float = 0.0           # uniform, loguniform
+    high: float = 0.0
+    integer: bool = False      # both bounds integers: draw integers
+
+
+@dataclass
+class Sweep:
+    name: str
+    base: str | dict           # a config path (resolved) or an inline mapping
+    axes: list[Axis]
+    method: str = "grid"
+    trials: int | None = None
+    metric: str = "best.val_acc"
+    goal: str = "maximize"
+    seed: int = 0
+    path: Path | None = None   # the sweep file, if read from one
+
+    @property
+    def folder(self) -> Path:
+        """Where relative paths of an inline base are taken from."""
+        return self.path.parent if self.path else Path.cwd()
+
+
+@dataclass
+class Trial:
+    index: int                 # 1-based, in generation order
+    id: str                    # t003-lr0.1-strength1e-4-hidden128
+    settings: dict[str, Any]   # axis key -> value, in axis order
+    config: Config | None = None
+    error: str | None = None   # the ConfigError of an invalid setting
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={json.dumps(v)}" for k, v in self.settings.items()]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and strictly validate a sweep file."""
+    p = Path(path)
+    if not p.is_file():
+        hint = " (it is a directory)" if p.is_dir() else ""
+        raise ConfigError(f"{p}: sweep file not found{hint}. Give the path to a sweep YAML, "
+                          "e.g. configs/sweep-digits.yaml.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the sweep file ({e}).") from None
+    return sweep_from_dict(parse_yaml(text, str(p)), p)
+
+
+def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
+    """Validate a raw sweep mapping; `path` (the sweep file) anchors a relative base path."""
+    where = str(path) if path else "sweep"
+    p = Path(path) if path else None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a sweep file is a mapping with the keys "
+                          f"{', '.join(SWEEP_KEYS)}; got {type(data).__name__}.")
+    for key in data:
+        if key not in SWEEP_KEYS:
+            raise ConfigError(f"{where}: '{key}' is not a sweep key.{_suggest(key, SWEEP_KEYS)}"
+                              f" Valid keys: {', '.join(SWEEP_KEYS)}.")
+    name = data.get("name", p.stem if p else None)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"{where}: name: give the sweep a folder name of letters, digits, "
+                          f"'.', '_' and '-' (its runs go to runs/<name>/), got {name!r}.")
+    base = _check_base(data.get("base"), where, p)
+    method = data.get("method", "grid")
+    if method not in METHODS:
+        raise ConfigError(f"{where}: method: choose grid or random, not {method!r}."
+                          f"{_suggest(method, METHODS)}")
+    axes = _check_axes(data.get("axes"), method, where)
+    trials = data.get("trials")
+    if method == "random":
+        if trials is None:
+            raise ConfigError(f"{where}: trials: random search needs the number of trials to "
+                              "draw, e.g. trials: 20.")
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+            raise ConfigError(f"{where}: trials: expected a positive integer, got {trials!r}.")
+    elif trials is not None:
+        n = math.prod(len(a.values) for a in axes)
+        raise ConfigError(f"{where}: trials: only random search draws a number of trials; a "
+                          f"grid runs every combination ({n} here). Remove 'trials' or set "
+                          "method: random.")
+    metric = data.get("metric", "best.val_acc")
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: metric: unknown metric {metric!r}.{_suggest(metric, METRICS)}"
+                          f" Choose one of {', '.join(METRICS)} (best = the best value over all "
+                          "evaluations of a trial, final = the last one).")
+    goal = data.get("goal", "maximize" if metric.endswith("_acc") else "minimize")
+    if goal not in GOALS:
+        raise ConfigError(f"{where}: goal: choose maximize or minimize, not {goal!r}."
+                          f"{_suggest(goal, GOALS)}")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"{where}: seed: expected a non-negative integer, got {seed!r}.")
+    return Sweep(name=name, base=base, axes=axes, method=method, trials=trials, metric=metric,
+                 goal=goal, seed=seed, path=p)
+
+
+def _check_base(base: Any, where: str, path: Path | None) -> str | dict:
+    if base is None:
+        raise ConfigError(f"{where}: base: the key 'base' is required: a config file relative "
+                          "to the sweep file (base: mlp.yaml) or an inline mapping "
+                          "(base: {data: {source: spiral}, ...}).")
+    if isinstance(base, dict):
+        return base
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}: base: expected a config path or a mapping, got {base!r}.")
+    bp = Path(base).expanduser()
+    if not bp.is_absolute() and path is not None:
+        bp = path.parent / bp
+    if not bp.is_file():
+        raise ConfigError(f"{where}: base: config file {str(bp)!r} not found (a relative base "
+                          "is taken from the sweep file's folder).")
+    return str(bp)
+
+
+def _schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key a config has: sections and their fields."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name == "source_path":
+            continue
+        key = prefix + f.name
+        keys.append(key)
+        if hasattr(hints[f.name], "__dataclass_fields__"):
+            keys += _schema_keys(hints[f.name], key + ".")
+    return keys
+
+
+def _check_axis_key(key: Any, where: str) -> None:
+    if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"{where}: axes: {key!r} is not a dotted config key like "
+                          "optimizer.lr.")
+    if key == "name":
+        raise ConfigError(f"{where}: axes.name: the sweep names its trials itself; vary "
+                          "other keys.")
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        if cls is None:
+            raise ConfigError(f"{where}: axes.{key}: '{prefix}' is a value, not a section; "
+                              f"vary '{prefix}' itself.")
+        known = [f.name for f in fields(cls) if f.name != "source_path"]
+        if part not in known:
+            hint = (f" Did you mean '{ALIASES[part]}'?" if ALIASES.get(part) in known
+                    else _suggest(part, known))
+            if hint:
+                hint = f" Did you mean '{'.'.join(parts[:i] + [hint.split(chr(39))[1]])}'?"
+            else:
+                hint = _suggest(key, _schema_keys())
+            raise ConfigError(f"{where}: axes.{key}: unknown config key.{hint} Valid keys in "
+                              f"{prefix or 'a config'}: {', '.join(known)}.")
+        tp = typing.get_type_hints(cls)[part]
+        cls = tp if hasattr(tp, "__dataclass_fields__") else None
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{where}: axes: give at least one config key to vary, e.g. "
+                          "axes: {optimizer.lr: [0.01, 0.1]}.")
+    out = []
+    for key, spec in axes.items():
+        _check_axis_key(key, where)
+        at = f"{where}: axes.{key}"
+        if isinstance(spec, list):
+            if not spec:
+                raise ConfigError(f"{at}: the list of values is empty; give at least one.")
+            out.append(Axis(key, "values", values=list(spec)))
+            continue
+        if not (isinstance(spec, dict) and len(spec) == 1):
+            raise ConfigError(f"{at}: expected a list of values ([0.01, 0.1]) or one "
+                              "distribution ({uniform: [lo, hi]}, {loguniform: [lo, hi]}, "
+                              f"{{choice: [a, b]}}), got {spec!r}. A single value belongs in "
+                              "the base config.")
+        (kind, arg), = spec.items()
+        if kind not in DISTRIBUTIONS:
+            raise ConfigError(f"{at}: unknown distribution {kind!r}.{_suggest(kind, DISTRIBUTIONS)}"
+                              f" Choose one of {', '.join(DISTRIBUTIONS)}.")
+        if method == "grid":
+            raise ConfigError(f"{at}: a distribution ({kind}) is drawn from by random search; "
+                              "set method: random (and trials), or give a list of values for "
+                              "the grid.")
+        if kind == "choice":
+            if not isinstance(arg, list) or not arg:
+                raise ConfigError(f"{at}: choice: expected a non-empty list of values, got "
+                                  f"{arg!r}.")
+            out.append(Axis(key, "choice", values=list(arg)))
+            continue
+        if not (isinstance(arg, list) and len(arg) == 2 and all(_number(v) for v in arg)):
+            raise ConfigError(f"{at}: {kind}: expected [low, high], two numbers, got {arg!r}.")
+        lo, hi = arg
+        if not lo < hi:
+            raise ConfigError(f"{at}: {kind}: low must be less than high, got [{lo}, {hi}].")
+        if kind == "loguniform" and lo <= 0:
+            raise ConfigError(f"{at}: loguniform: both bounds must be positive (it samples the "
+                              f"logarithm), got [{lo}, {hi}]; use uniform for ranges with 0.")
+        integer = all(isinstance(v, int) for v in arg)
+        out.append(Axis(key, kind, low=lo, high=hi, integer=integer))
+    return out
+
+
+# ---- trials --------------------------------------------------------------------------------
+def _short_number(v: float) -> str:
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    mantissa, exp = f"{v:.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exp)}"
+
+
+def format_value(v: Any) -> str:
+    """A setting as it appears in a trial id and a table: 1e-4, 0.1, 64x32, relu."""
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, float):
+        return _short_number(v)
+    if isinstance(v, list):
+        return "x".join(format_value(x) for x in v) or "none"
+    if isinstance(v, dict):
+        return ",".join(f"{k}={format_value(x)}" for k, x in v.items())
+    return str(v)
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """optimizer.lr -> lr; the full key when two axes end the same way."""
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def trial_id(index: int, total: int, settings: dict[str, Any]) -> str:
+    names = short_names(list(settings))
+    width = max(3, len(str(total)))
+    parts = [f"t{index:0{width}d}"]
+    for k, v in settings.items():
+        text = re.sub(r"[^A-Za-z0-9.+=,_-]", "_", format_value(v))[:24]
+        parts.append(f"{names[k]}{text}")
+    return "-".join(parts)
+
+
+def _round4(x: float, lo: float, hi: float) -> float:
+    """4 significant digits (readable configs and ids), kept within [lo, hi]."""
+    return min(max(float(f"{x:.4g}"), lo), hi)
+
+
+def expand(sweep: Sweep) -> list[dict[str, Any]]:
+    """The trials' settings: grid = the product of the axes in file order (the first axis
+    varies slowest); random = `trials` draws, seeded by the sweep's seed."""
+    if sweep.method == "grid":
+        keys = [a.key for a in sweep.axes]
+        return [dict(zip(keys, combo)) for combo in
+                itertools.product(*(a.values for a in sweep.axes))]
+    import numpy as np
+    rng = np.random.default_rng(sweep.seed)
+    out = []
+    for _ in range(sweep.trials or 0):
+        s = {}
+        for a in sweep.axes:
+            if a.kind in ("values", "choice"):
+                s[a.key] = a.values[int(rng.integers(len(a.values)))]
+            elif a.kind == "uniform":
+                if a.integer:
+                    s[a.key] = int(rng.integers(a.low, a.high, endpoint=True))
+                else:
+                    s[a.key] = _round4(float(rng.uniform(a.low, a.high)), a.low, a.high)
+            else:  # loguniform
+                x = math.exp(float(rng.uniform(math.log(a.low), math.log(a.high))))
+                s[a.key] = (min(max(int(round(x)), a.low), a.high) if a.integer
+                            else _round4(x, a.low, a.high))
+        out.append(s)
+    return out
+
+
+def plan(sweep: Sweep) -> list[Trial]:
+    """Every trial with its validated config (or the ConfigError that rules it out).
+
+    An axis key unknown to configs is an error before this (exit 2). A value that a key does
+    not allow makes only its trials invalid; if every trial is invalid, that is an error too."""
+    settings = expand(sweep)
+    trials = []
+    for i, s in enumerate(settings, 1):
+        t = Trial(i, trial_id(i, len(settings), s), s)
+        try:
+            cfg = load_config(sweep.base, t.overrides)
+        except ConfigError as e:
+            t.error = str(e)
+        else:
+            if cfg.source_path is None:
+                cfg.source_path = str(sweep.path) if sweep.path else None
+            _absolute_data_path(cfg, sweep)
+            cfg.name = f"{sweep.name}-{t.id}"
+            t.config = cfg
+        trials.append(t)
+    if trials and all(t.error for t in trials):
+        first = trials[0].error
+        hint = (" Each axis value is a whole value: for a list-valued key such as model.hidden "
+                "write [[64], [128]]." if "expected a list" in first else "")
+        raise ConfigError(f"every trial of the sweep is invalid; the first ({trials[0].id}): "
+                          f"{first}{hint}")
+    return trials
+
+
+def _absolute_data_path(cfg: Config, sweep: Sweep) -> None:
+    """A relative data.path made absolute, so the trial's config.yaml works from its folder."""
+    if cfg.data.path:
+        p = Path(cfg.data.path).expanduser()
+        if not p.is_absolute():
+            base = Path(cfg.source_path).parent if cfg.source_path else sweep.folder
+            cfg.data.path = os.path.abspath(base / p)
+
+
+# ---- one trial (both backends) ---------------------------------------------------------------
+_STOP = None  # a multiprocessing Event in local worker processes: set = start nothing new
+
+
+def _worker_init(stop_event: Any) -> None:
+    """Local worker processes: their own process group (the terminal's Ctrl-C reaches only the
+    parent, which forwards one SIGINT to each worker), and SIGINT ignored while idle."""
+    global _STOP
+    _STOP = stop_event
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluations in a run's metrics.jsonl (a torn last line is dropped)."""
+    out = []
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def metric_of(history: list[dict[str, Any]], metric: str, goal: str
+              ) -> tuple[float | None, int | None]:
+    """(value, epoch) of `metric` over a run's evaluations: best.K = the best K in the goal's
+    direction (the first epoch that reached it), final.K = K at the last evaluation."""
+    which, key = metric.split(".")
+    recs = [r for r in history if r.get(key) is not None]
+    if not recs:
+        return None, None
+    if which == "final":
+        rec = history[-1] if history[-1].get(key) is not None else None
+        return (rec[key], rec.get("epoch")) if rec else (None, None)
+    pick = max if goal == "maximize" else min
+    best = pick(recs, key=lambda r: r[key])
+    return best[key], best.get("epoch")
+
+
+def _summaries(history: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for k in METRIC_KEYS:
+        vals = [r[k] for r in history if r.get(k) is not None]
+        if vals:
+            out[f"best_{k}"] = max(vals) if k.endswith("_acc") else min(vals)
+            out[f"final_{k}"] = history[-1].get(k)
+    return out
+
+
+def run_trial(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one trial and return its record; never raises for a failed trial.
+
+    job: id, config (a resolved config mapping), out (the run directory), metric, goal,
+    resume (continue from the directory's checkpoint)."""
+    from bptrain.train import Interrupted, train
+    out = Path(job["out"])
+    rec = {"trial": job["id"], "status": "failed", "metric": None, "epoch": None,
+           "seconds": None, "reason": None}
+    if _STOP is not None and _STOP.is_set():
+        rec.update(status="interrupted", reason="stopped before it started")
+        return rec
+    try:
+        cfg = config_from_dict(job["config"], source=str(out / "config.yaml"))
+        if job.get("resume") and (out / "checkpoint.npz").is_file():
+            result = train(None, resume=out)
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            result = train(cfg, out=out, reporter=None)
+    except DivergenceError as e:
+        rec["reason"] = str(e)
+        return rec
+    except Interrupted:
+        rec.update(status="interrupted", reason="stopped by Ctrl-C (checkpoint kept)")
+        return rec
+    except KeyboardInterrupt:
+        rec.update(status="interrupted", reason="stopped by Ctrl-C")
+        return rec
+    except BptrainError as e:
+        rec["reason"] = str(e)
+        return rec
+    except Exception as e:  # any bug or surprise in one trial must not stop the sweep
+        rec["reason"] = f"{type(e).__name__}: {e}"
+        return rec
+    value, epoch = metric_of(result.history, job["metric"], job["goal"])
+    rec.update(seconds=result.summary.get("seconds"), epoch=epoch, metric=value,
+               **_summaries(result.history))
+    if value is None:
+        rec["reason"] = (f"the run logged no {job['metric'].split('.')[1]} (no validation "
+                         "split, or targets without classes); choose another metric, e.g. "
+                         "best.train_loss")
+    else:
+        rec["status"] = "done"
+    return rec
+
+
+def ray_trial(job: dict[str, Any]) -> dict[str, Any]:
+    """`run_trial` as a Ray task: train in a scratch folder on whichever node runs it, then
+    return the run's files with the record, so the driver's runs/ folder gets them even when
+    the node is another machine."""
+    scratch = Path(tempfile.mkdtemp(prefix="bptrain-trial-"))
+    try:
+        rec = run_trial(dict(job, out=str(scratch / "run"), resume=False))
+        run = scratch / "run"
+        rec["files"] = {name: (run / name).read_bytes() for name in RUN_FILES
+                        if (run / name).is_file()}
+        return rec
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---- the sweep -----------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    dir: Path
+    records: list[dict[str, Any]]      # one per trial, in trial order
+    best: dict[str, Any] | None
+    wall_seconds: float
+    workers: int
+    backend: str
+    interrupted: bool = False
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _same_config(run_dir: Path, cfg: Config) -> bool:
+    try:
+        return load_config(run_dir / "config.yaml").to_dict() == cfg.to_dict()
+    except BptrainError:
+        return False
+
+
+def finished_record(trial: Trial, run_dir: Path, metric: str, goal: str
+                    ) -> dict[str, Any] | None:
+    """The record of a trial already finished in run_dir with the same config, else None."""
+    if trial.config is None or not (run_dir / "summary.json").is_file():
+        return None
+    if not _same_config(run_dir, trial.config):
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    history = read_history(run_dir)
+    value, epoch = metric_of(history, metric, goal)
+    if value is None:
+        return None
+    return {"trial": trial.id, "status": "done", "metric": value, "epoch": epoch,
+            "seconds": summary.get("seconds"), "reason": None, "reused": True,
+            **_summaries(history)}
+
+
+def sort_key(goal: str):
+    sign = -1 if goal == "maximize" else 1
+    return lambda r: (sign * r["metric"], r["index"])
+
+
+class _ThreadEnv:
+    """BLAS threads = 1 in the processes started inside (unless the user set them)."""
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in THREAD_VARS}
+        if not any(self.saved.values()):
+            for k in THREAD_VARS:
+                os.environ[k] = "1"
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _SigtermAsInterrupt:
+    def __enter__(self):
+        self.old = None
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local",
+              address: str | None = None, runs_root: str | Path = "runs",
+              reporter: Any = None) -> SweepResult:
+    """Run every trial not already finished; write sweep.jsonl and best.yaml; return results.
+
+    Raises SweepInterrupted on Ctrl-C (after recording the finished trials) and SweepFailed
+    when every trial failed."""
+    if backend not in ("local", "ray"):
+        raise BptrainError(f"--backend: choose local or ray, not {backend!r}.")
+    if address and backend != "ray":
+        raise BptrainError("--address joins a Ray cluster; add --backend ray.")
+    trials = plan(sweep)
+    sweep_dir = Path(runs_root) / sweep.name
+    workers = workers or default_workers()
+    if workers < 1:
+        raise BptrainError(f"--workers: must be at least 1, got {workers}.")
+    names = short_names([a.key for a in sweep.axes])
+    rows: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for t in trials:
+        run_dir = sweep_dir / t.id
+        row = {"trial": t.id, "index": t.index, "status": "queued", "settings": t.settings,
+               "metric": None, "epoch": None, "seconds": None, "reason": None,
+               "dir": str(run_dir), "reused": False}
+        if t.error:
+            row.update(status="failed", reason=f"invalid setting: {t.error}")
+        else:
+            done = finished_record(t, run_dir, sweep.metric, sweep.goal)
+            if done:
+                row.update(done)
+            else:
+                resume = (backend == "local" and (run_dir / "checkpoint.npz").is_file()
+                          and _same_config(run_dir, t.config))
+                jobs.append({"id": t.id, "config": t.config.to_dict(), "out": str(run_dir),
+                             "metric": sweep.metric, "goal": sweep.goal, "resume": resume,
+                             "epochs": None if t.config.train.iterations else
+                             t.config.train.epochs})
+        rows[t.id] = row
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if sweep.path is not None:
+        shutil.copyfile(sweep.path, sweep_dir / "sweep.yaml")
+    workers = min(workers, max(len(jobs), 1))
+    from bptrain.report import SweepReporter
+    reporter = reporter or SweepReporter()
+    info = {"name": sweep.name, "dir": str(sweep_dir), "trials": len(trials),
+            "to_run": len(jobs), "reused": sum(r["reused"] for r in rows.values()),
+            "invalid": sum(t.error is not None for t in trials), "workers": workers,
+            "backend": backend, "address": address, "metric": sweep.metric,
+            "goal": sweep.goal, "axes": names}
+    reporter.start(info, list(rows.values()))
+    state = _State(rows, sweep_dir, reporter, len(trials))
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        if jobs:
+            if backend == "local":
+                interrupted = _run_local(jobs, workers, state)
+            else:
+                interrupted = _run_ray(jobs, workers, address, state)
+    finally:
+        wall = time.perf_counter() - started
+        for r in rows.values():
+            if r["status"] in ("queued", "running", "submitted"):
+                r.update(status="interrupted", reason=r["reason"] or "not run (sweep stopped)")
+        records = [rows[t.id] for t in trials]
+        state.save()
+        done = sorted((r for r in records if r["status"] == "done"), key=sort_key(sweep.goal))
+        best = done[0] if done else None
+        if best is not None:
+            _write_best(sweep, trials[best["index"] - 1], best, sweep_dir)
+        result = SweepResult(sweep_dir, records, best, wall, workers, backend, interrupted)
+        reporter.end(info, records, result)
+    if interrupted:
+        left = sum(r["status"] != "done" for r in records)
+        raise SweepInterrupted(f"{len(done)} of {len(records)} trials finished and are kept "
+                               f"in {sweep_dir}/. Run the same command again to run the other "
+                               f"{left}" + (" (stopped trials continue from their "
+                                            "checkpoints)." if backend == "local" else "."))
+    if best is None:
+        first = next((r for r in records if r["reason"]), {"trial": "-", "reason": "-"})
+        raise SweepFailed(f"every trial of the sweep failed; see {sweep_dir}/sweep.jsonl. The "
+                          f"first ({first['trial']}): {first['reason']}")
+    return result
+
+
+def _write_best(sweep: Sweep, trial: Trial, rec: dict[str, Any], sweep_dir: Path) -> None:
+    assert trial.config is not None
+    head = (f"# best trial of sweep '{sweep.name}': {trial.id}\n"
+            f"# {sweep.metric} = {rec['metric']} (epoch {rec['epoch']}; goal: {sweep.goal}); "
+            f"its run: {sweep_dir / trial.id}/\n"
+            f"# train it again: bptrain run {sweep_dir / 'best.yaml'}\n")
+    from bptrain.train import atomic_write_bytes
+    atomic_write_bytes(sweep_dir / "best.yaml",
+                       lambda f: f.write((head + dump_config(trial.config)).encode()))
+
+
+class _State:
+    """The trials' rows, sweep.jsonl and the reporter, updated as results come in."""
+
+    def __init__(self, rows: dict[str, dict], sweep_dir: Path, reporter: Any, total: int):
+        self.rows, self.dir, self.reporter, self.total = rows, sweep_dir, reporter, total
+
+    def save(self) -> None:
+        from bptrain.train import atomic_write_bytes
+        lines = "".join(json.dumps(r) + "\n" for r in
+                        sorted(self.rows.values(), key=lambda r: r["index"]))
+        atomic_write_bytes(self.dir / "sweep.jsonl", lambda f: f.write(lines.encode()))
+
+    def finished(self, rec: dict[str, Any]) -> None:
+        row = self.rows[rec["trial"]]
+        files = rec.pop("files", None)
+        if files is not None:  # ray: the run's files come back with the record
+            out = Path(row["dir"])
+            if out.exists():
+                shutil.rmtree(out)
+            if files:
+                out.mkdir(parents=True)
+                for name, data in files.items():
+                    (out / name).write_bytes(data)
+        row.update(rec)
+        self.save()
+        self.reporter.trial_finished(row, list(self.rows.values()))
+
+    def refresh(self, progress: dict[str, Any] | None = None) -> None:
+        self.reporter.update(list(self.rows.values()), progress or {})
+
+
+def _progress(job: dict[str, Any], metric: str, goal: str) -> dict[str, Any] | None:
+    """A running local trial's progress, read from its metrics.jsonl."""
+    history = read_history(Path(job["out"]))
+    if not history:
+        return None
+    value, _ = metric_of(history, metric, goal)
+    return {"epoch": history[-1].get("epoch"), "epochs": job.get("epochs"), "metric": value}
+
+
+def _run_local(jobs: list[dict], workers: int, state: _State) -> bool:
+    """Worker processes (spawn); returns True if stopped by Ctrl-C."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    with _ThreadEnv(), _SigtermAsInterrupt():
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                 initializer=_worker_init, initargs=(stop,))
+        futures = {ex.submit(run_trial, job): job for job in jobs}
+        pending = set(futures)
+        interrupted, forced = False, False
+
+        def collect(done):
+            for f in done:
+                job = futures[f]
+                if f.cancelled():
+                    rec = {"trial": job["id"], "status": "interrupted",
+                           "reason": "not run (sweep stopped)"}
+                elif f.exception() is not None:
+                    e = f.exception()
+                    rec = {"trial": job["id"], "status": "failed",
+                           "reason": f"the worker process died ({type(e).__name__}: {e})"}
+                else:
+                    rec = f.result()
+                state.finished(rec)
+
+        def progress():
+            out = {}
+            for f in pending:
+                if f.running():
+                    job = futures[f]
+                    state.rows[job["id"]]["status"] = "running"
+                    out[job["id"]] = _progress(job, job["metric"], job["goal"])
+            return out
+
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                collect(done)
+                state.refresh(progress())
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            for f in pending:
+                f.cancel()
+            state.reporter.message("stopping: running trials stop at their next step "
+                                   "(Ctrl-C again to force)")
+            _signal_workers(ex)
+            presses = 1
+            while pending:
+                try:
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                    collect(done)
+                    state.refresh(progress())
+                except KeyboardInterrupt:
+                    presses += 1
+                    if presses == 2:
+                        _signal_workers(ex)
+                    else:
+                        forced = True
+                        _signal_workers(ex, signal.SIGKILL)
+                        break
+        finally:
+            ex.shutdown(wait=not forced, cancel_futures=True)
+    return interrupted
+
+
+def _signal_workers(ex: Any, sig: int = signal.SIGINT) -> None:
+    for pid in list(getattr(ex, "_processes", None) or {}):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _run_ray(jobs: list[dict], workers: int, address: str | None, state: _State) -> bool:
+    """Ray tasks (one CPU each) running `ray_trial`; returns True if stopped by Ctrl-C."""
+    try:
+        import ray
+    except ImportError:
+        raise BptrainError("the ray backend needs Ray: pip install 'bptrain[ray]' (or "
+                           "pip install ray), or use --backend local.") from None
+    import logging
+    started_here = not ray.is_initialized()
+    t0 = time.perf_counter()
+    if started_here:
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=False)
+        except Exception as e:  # ConnectionError, RuntimeError, ...
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise BptrainError(f"cannot start or join {where} ({type(e).__name__}: {e}). For a "
+                               "cluster, run `ray start --head` on the head machine and give "
+                               "--address HEAD:6379.") from None
+        cpus = ray.cluster_resources().get("CPU", 0)
+        state.reporter.message(f"Ray {'joined at ' + address if address else 'started locally'}"
+                               f" in {time.perf_counter() - t0:.1f}s: {cpus:g} CPUs")
+    task = ray.remote(num_cpus=1, max_retries=0)(ray_trial)
+    refs = {task.remote(job): job for job in jobs}
+    for job in jobs:  # Ray schedules them; which are running is not visible from here
+        state.rows[job["id"]]["status"] = "submitted"
+    interrupted = False
+    try:
+        with _SigtermAsInterrupt():
+            try:
+                while refs:
+                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.25)
+                    for ref in ready:
+                        job = refs.pop(ref)
+                        try:
+                            rec = ray.get(ref)
+                        except Exception as e:
+                            rec = {"trial": job["id"], "status": "failed",
+                                   "reason": f"the Ray task failed ({type(e).__name__}: {e})"}
+                        state.finished(rec)
+                    state.refresh()
+            except KeyboardInterrupt:
+                interrupted = True
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return interrupted
