@@ -38,8 +38,11 @@ class CheckResult:
         return self.status != "fail"
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; an infinite error (a crashed backward) becomes null."""
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if not np.isfinite(d["max_rel_error"]):
+            d["max_rel_error"] = None
         return d
 
 

@@ -299,8 +299,9 @@ def graph_table(s: Any, title: str) -> list[Any]:
         table.add_row(r.name, r.gate, ", ".join(r.inputs),
                       "x".join(map(str, r.shape)) or "scalar",
                       f"{r.params:,}" if r.params else "", note)
-    totals = Text("copy: a value used by several gates; their gradients add up in backward.\n"
-                  f"parameters {s.params:,}   forward multiply-adds per batch of {s.batch}: "
+    fans_out = any(len(r.consumers) > 1 for r in s.rows)
+    totals = Text(("copy: a value used by several gates; their gradients add up in backward.\n"
+                   if fans_out else "") + f"parameters {s.params:,}   forward multiply-adds per batch of {s.batch}: "
                   f"{s.macs:,}   cached activations: {s.cached_bytes:,} bytes "
                   f"({s.cached_bytes / 2**20:.2f} MiB)")
     return [table, totals]
