@@ -15,7 +15,7 @@ get any backward work. Jacobians are never built: every backward is a vector-Jac
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -329,8 +329,7 @@ class Graph:
         order, _ = self.plan(output)
         for node in order:
             if node.gate is not None:
-                inputs = node.inputs
-                node.value = node.gate.forward(*[p.value for p in inputs])
+                node.value = node.gate.forward(*[p.value for p in node.inputs])
             elif node.value is None:
                 raise ValueError(f"input {node.name!r} has no value: pass {node.name}=... "
                                  "to forward")
@@ -375,9 +374,6 @@ class Graph:
                     # another node's upstream handed through (an add gate does that).
                     parent.grad = parent.grad + grad
                     owned[id(parent)] = True
-
-    def grads(self, nodes: Iterable[Node]) -> dict[str, Any]:
-        return {n.name: n.grad for n in nodes}
 
     @property
     def params(self) -> list[Node]:

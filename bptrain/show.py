@@ -20,7 +20,7 @@ class NodeRow:
     inputs: list[str]
     shape: tuple[int, ...]
     params: int
-    consumers: list[str]  # more than one: the value fans out (copy gate)
+    consumers: list[str]  # the gates a value fans out to (copy gate), if more than one
     cached_bytes: int     # arrays the gate keeps for its backward pass
     macs: int             # multiply-adds of its forward pass
 
@@ -50,10 +50,7 @@ def summarize_graph(model: Model, batch: int) -> GraphSummary:
          else np.zeros((batch, model.output_dim), dtype=model.dtype))
     g.forward(model.loss, X=X, y=model.targets(y))
     order, _ = g.plan(model.loss)
-    users = {n.name: [] for n in order}
-    for n in order:
-        for p in n.inputs:
-            users[p.name].append(n.name)
+    fan_out = g.fan_out(model.loss)
     shared = {id(n.value) for n in order if n.kind in ("param", "input")}
     rows = []
     for n in order:
@@ -66,7 +63,7 @@ def summarize_graph(model: Model, batch: int) -> GraphSummary:
         rows.append(NodeRow(n.name, n.gate.label() if n.gate else n.kind,
                             [p.name for p in n.inputs], tuple(np.shape(n.value)),
                             int(np.size(n.value)) if n.kind == "param" else 0,
-                            users[n.name], cached,
+                            fan_out.get(n.name, []), cached,
                             _macs(n.gate, [p.value for p in n.inputs]) if n.gate else 0))
     return GraphSummary(rows, batch, sum(r.params for r in rows), sum(r.macs for r in rows),
                         sum(r.cached_bytes for r in rows))

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from bptrain.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# Training configs; sweep files (sweep-*.yaml) describe searches, not networks.
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("sweep"))
 MLP = ROOT / "configs" / "mlp.yaml"
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE": None,
        "TTY_INTERACTIVE": None}
