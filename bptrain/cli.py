@@ -44,6 +44,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its checkpoint."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+        diagnostics: bool = typer.Option(False, "--diagnostics", help="Print per-layer gradient/weight norms, update ratios and dead or saturated units at each evaluation (always saved in metrics.jsonl)."),
         ) -> None:
     """Train the network a config declares; outputs land in runs/<name>/."""
     from bptrain.errors import BptrainError, EXIT_USAGE
@@ -63,6 +64,8 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
                 cfg = load_config(resume / "config.yaml")
             typer.echo(dump_config(cfg), nl=False)
             return
+        if diagnostics:
+            from bptrain.report import DiagnosticsReporter as RichReporter  # noqa: F811
         reporter = RichReporter(quiet=quiet)
         try:
             train(cfg, out=out, reporter=reporter, resume=resume)
@@ -213,6 +216,77 @@ def sweep(sweep_file: Path = typer.Argument(..., help="The sweep YAML: a base co
                 typer.echo(t.id + (f"  invalid: {t.error}" if t.error else ""))
             return
         run_sweep(sw, workers=workers, backend=backend, address=address)
+    except BptrainError as e:
+        _fail(e)
+
+
+@app.command()
+def runs(dir_: Path = typer.Option(Path("runs"), "--dir", help="The folder holding the runs."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+         ) -> None:
+    """List the runs: name, date, config, epochs, best validation accuracy, warnings."""
+    from bptrain.errors import BptrainError
+    try:
+        import json
+        from bptrain.report import make_console, runs_table
+        from bptrain.runs import list_runs
+        found = list_runs(dir_)
+        if as_json:
+            typer.echo(json.dumps([{"run": r.name, "path": str(r.path), "date": r.date,
+                                    "config": r.source, "finished": r.finished,
+                                    **r.metrics()} for r in found], indent=1))
+        else:
+            make_console().print(runs_table(found, str(dir_).rstrip("/")))
+    except BptrainError as e:
+        _fail(e)
+
+
+@app.command()
+def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, e.g. runs/mlp runs/mlp-2."),
+            ) -> None:
+    """Put runs side by side: settings that differ, final and best metrics, loss curves."""
+    from bptrain.errors import BptrainError
+    try:
+        from bptrain.report import compare_report, make_console
+        from bptrain.runs import read_run, run_labels
+        if len(run_dirs) < 2:
+            raise BptrainError("compare needs two or more run directories, e.g. bptrain compare "
+                               "runs/mlp runs/mlp-2 (bptrain runs lists them).")
+        labels = run_labels(run_dirs)
+        found = [read_run(d, label) for d, label in zip(run_dirs, labels)]
+        console = make_console()
+        for part in compare_report(found, labels):
+            console.print(part)
+    except BptrainError as e:
+        _fail(e)
+
+
+@app.command()
+def sanity(config: Path = typer.Argument(..., help="The YAML config to check before a long run."),
+           set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+           samples: int = typer.Option(50, "--samples", min=2, help="Size of the subset to overfit."),
+           steps: int = typer.Option(1000, "--steps", min=1, help="Most steps the overfit check may take."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+           ) -> None:
+    """The course's sanity checks: initial loss at chance, regularization raises the loss, and
+    the network can overfit a tiny subset. Exit 0 if all pass, 1 if any fails."""
+    from bptrain.errors import BptrainError, EXIT_FAILED
+    try:
+        import json
+        from bptrain.config import load_config
+        from bptrain.report import make_console, sanity_report
+        from bptrain.sanity import run_sanity
+        cfg = load_config(config, set_)
+        checks = run_sanity(cfg, samples=samples, max_steps=steps)
+        if as_json:
+            typer.echo(json.dumps({"checks": [c.to_dict() for c in checks],
+                                   "passed": all(c.passed for c in checks)}, indent=1))
+        else:
+            console = make_console()
+            for part in sanity_report(checks, f"sanity checks of {config}"):
+                console.print(part)
+        if not all(c.passed for c in checks):
+            raise typer.Exit(EXIT_FAILED)
     except BptrainError as e:
         _fail(e)
 

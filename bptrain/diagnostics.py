@@ -4,9 +4,9 @@ warnings in plain words when one of the course's classic failure patterns shows 
 Per affine layer (named as in the network table: fc1, fc2, ..., scores), at each evaluation:
 
   grad_norm     ||dL/dW|| of the data loss, from the last training step before the evaluation,
-                before gradient clipping. The regularizer's share (strength W for L2) is left out
-                (computed by the model's own regularizer gate), so the number is what
-                backpropagation delivers to the layer.
+                before gradient clipping. The regularizer's share is left out (strength W for
+                L2, the L1 gate's own backward for L1), so the number is what backpropagation
+                delivers to the layer.
   weight_norm   ||W|| (Frobenius norm) after that step.
   update_ratio  ||W_after - W_before|| / ||W_before|| of that same last step: the real update
                 of the real optimizer (momentum, Adam, clipping and all), one step, not an
@@ -20,8 +20,9 @@ Per affine layer (named as in the network table: fc1, fc2, ..., scores), at each
                 (every column of W equal): the units compute the same thing forever.
 
 Cost: the activations come from the forward pass `Trainer.evaluate` already makes on the
-training sample; the extra work is one copy of the parameters at one step per evaluation and a
-few norms, far below 1% of an epoch (README, "Diagnostics").
+training sample; the extra work is one copy of the weights at one step per evaluation and a
+few norms and reductions: about 0.1 ms per evaluation, 1% of an epoch, for configs/mlp.yaml
+(README, "Diagnostics").
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from bptrain import gates as G
 
 HEALTHY_RATIO = 1e-3      # CS231n: updates about a thousandth of the weights
 RATIO_HIGH = 1e-1         # above: the learning rate is probably too high
@@ -113,17 +116,30 @@ class Diagnostics:
         if not evaluation_follows(trainer):
             return False
         reg = self.model.reg_loss
+        l2 = reg.gate.strength if reg is not None and isinstance(reg.gate, G.L2) else None
         reg_grads: dict[int, np.ndarray] = {}
-        if reg is not None:  # the regularizer gate's own local gradient, per weight node
+        if reg is not None and l2 is None:  # the regularizer gate's own local gradient
             for node, g in zip(reg.inputs, reg.gate.backward(1.0)):
                 reg_grads[id(node)] = g
+        regularized = {id(n) for n in reg.inputs} if reg is not None else set()
         self._grad, self._update = {}, {}
         for l in self.layers:
-            g = l.W.grad
+            g, W = l.W.grad, l.W.value
             if g is None:
                 continue
-            r = reg_grads.get(id(l.W))
-            self._grad[l.name] = _norm(g - r if r is not None else g)
+            if id(l.W) not in regularized:
+                self._grad[l.name] = _norm(g)
+            elif l2 is not None and W.dtype == np.float64:
+                # |g - sW|^2 = |g|^2 - 2s<g, W> + s^2 |W|^2 without a new array; exactly, by
+                # subtraction, when the two nearly cancel (a data gradient far below sW)
+                gg = float(np.vdot(g, g))
+                sq = gg - 2 * l2 * float(np.vdot(g, W)) + l2 * l2 * float(np.vdot(W, W))
+                self._grad[l.name] = (math.sqrt(sq) if sq > 1e-6 * gg else
+                                      _norm(g - l2 * W))
+            elif l2 is not None:
+                self._grad[l.name] = _norm(g - l2 * W)
+            else:
+                self._grad[l.name] = _norm(g - reg_grads[id(l.W)])
         self._before = {l.name: l.W.value.copy() for l in self.layers}
         return True
 
@@ -134,7 +150,8 @@ class Diagnostics:
                 continue
             scale = _norm(before)
             with np.errstate(all="ignore"):
-                upd = _norm(l.W.value - before)
+                np.subtract(l.W.value, before, out=before)  # the update, in the copy's place
+                upd = _norm(before)
             self._update[l.name] = upd / scale if scale > 0 else None
         self._before = {}
 
@@ -172,8 +189,7 @@ class Diagnostics:
                  history: list[dict[str, Any]]) -> None:
         """Put `diagnostics` and this evaluation's `warnings` into the record."""
         rec["diagnostics"] = diag
-        rec["warnings"] = find_warnings(diag, self.init_norms, history,
-                                        self.model.cfg.optimizer.lr, rec.get("train_loss"))
+        rec["warnings"] = find_warnings(diag, self.init_norms, history, rec.get("train_loss"))
 
 
 def _identical(W: np.ndarray, b: np.ndarray | None) -> bool:
@@ -192,8 +208,50 @@ def _identical(W: np.ndarray, b: np.ndarray | None) -> bool:
 
 
 # ---- warnings -----------------------------------------------------------------------------
-def _warn(kind: str, layer: str, text: str) -> dict[str, str]:
-    return {"kind": kind, "layer": layer, "text": text}
+# Each warning is {"kind", "layer", "detail"} in metrics.jsonl (the layer's numbers); its title
+# and likely fix come from the kind, so the full sentence is rebuilt wherever it is shown.
+TITLES = {
+    "identical": "identical hidden units",
+    "dead_relu": "most ReLUs dead",
+    "saturated": "most units saturated",
+    "vanishing": "vanishing gradients",
+    "exploding": "exploding norms",
+    "update_high": "updates too large",
+    "update_low": "updates too small",
+}
+
+
+def fix(kind: str, lr: float | None = None) -> str:
+    """The likely fix for a kind of warning, in a sentence."""
+    smaller = f" (e.g. optimizer.lr={lr / 10:g})" if lr else ""
+    larger = f" (e.g. optimizer.lr={lr * 10:g})" if lr else ""
+    return {
+        "identical": "initialize randomly (model.init=he or xavier) instead of zeros or a "
+                     "constant: identical units get identical gradients, so the symmetry is "
+                     "never broken and the layer is as good as one unit.",
+        "dead_relu": f"a smaller learning rate{smaller}, since a too-large step knocks units "
+                     "into the zero side for good; He initialization with zero biases; or "
+                     "model.activation=leaky_relu.",
+        "saturated": "a smaller initialization (model.init=xavier), standardized inputs "
+                     "(data.standardize=true), or model.activation=relu; a saturated unit's "
+                     "local gradient is almost 0.",
+        "vanishing": "model.activation=relu, xavier or he initialization instead of small "
+                     "gaussian weights, or fewer layers; sigmoid (local gradient at most 0.25) "
+                     "and tanh shrink the gradient at every layer.",
+        "exploding": f"a smaller learning rate{smaller}, gradient clipping "
+                     "(train.grad_clip=5), or stronger regularization.",
+        "update_high": f"the learning rate is probably too high: lower it{smaller}.",
+        "update_low": f"the learning rate is probably too low: raise it{larger}.",
+    }[kind]
+
+
+def warning_text(w: dict[str, Any], lr: float | None = None) -> str:
+    """A warning as one paragraph: layer, what was seen, the likely fix."""
+    return f"{w['layer']}: {TITLES[w['kind']]}: {w['detail']}. Likely fix: {fix(w['kind'], lr)}"
+
+
+def _warn(kind: str, layer: str, detail: str) -> dict[str, str]:
+    return {"kind": kind, "layer": layer, "detail": detail}
 
 
 def _e(x: float) -> str:
@@ -201,70 +259,55 @@ def _e(x: float) -> str:
 
 
 def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
-                  history: list[dict[str, Any]], lr: float,
+                  history: list[dict[str, Any]],
                   train_loss: float | None = None) -> list[dict[str, str]]:
-    """The failure patterns visible in one evaluation's diagnostics, each naming the layer and
-    a likely fix. `history` is the earlier evaluations (growth of gradient norms, progress of
-    the loss); `train_loss` is this evaluation's; `lr` the configured learning rate."""
+    """The failure patterns visible in one evaluation's diagnostics, one entry per layer.
+    `history` is the earlier evaluations (weights at the first one, progress of the loss);
+    `train_loss` is this evaluation's."""
     out: list[dict[str, str]] = []
     names = list(diag)
-    structural: set[str] = set()   # layers whose small gradients have a known cause
-    # Identical hidden units: symmetry never broken.
-    for name, d in diag.items():
+    explained: set[str] = set()   # layers whose small gradients have a known cause
+    for name, d in diag.items():  # identical hidden units: zero or constant initialization
         if d.get("identical"):
-            structural.add(name)
-            out.append(_warn("identical", name, (
-                f"{name}: every hidden unit has the same weights (all columns of its W are "
-                "equal), so every unit computes the same value and gets the same gradient: the "
-                "symmetry is never broken and the layer is as good as one unit. Likely fix: a "
-                "random initialization (model.init=he, or xavier) instead of zeros or a "
-                "constant.")))
-    # Dead ReLUs.
-    for name, d in diag.items():
+            explained.add(name)
+            out.append(_warn("identical", name, "every hidden unit has the same incoming "
+                             "weights and bias (all columns of its W are equal), so every unit "
+                             "computes the same value"))
+    for name, d in diag.items():  # dead ReLUs
         dead = d.get("dead")
-        if dead is not None and dead > MOSTLY and name not in structural:
-            structural.add(name)
-            out.append(_warn("dead_relu", name, (
-                f"{name} (relu): {dead:.0%} of its units are dead: they output 0 for every "
-                "training sample evaluated, so no gradient flows through them and they stop "
-                "learning. Likely fix: a smaller learning rate (a too-large step knocks units "
-                "into the dead zone), He initialization with zero biases, or "
-                "model.activation=leaky_relu.")))
-    # Saturated sigmoid / tanh units.
-    for name, d in diag.items():
+        if dead is not None and dead > MOSTLY and name not in explained:
+            explained.add(name)
+            out.append(_warn("dead_relu", name, f"{dead:.0%} of its ReLU units output 0 for "
+                             "every training sample evaluated, so no gradient flows through "
+                             "them and they stop learning"))
+    for name, d in diag.items():  # saturated sigmoid / tanh units
         sat = d.get("saturated")
-        if sat is not None and sat > MOSTLY and name not in structural:
-            structural.add(name)
-            act = d.get("activation")
-            out.append(_warn("saturated", name, (
-                f"{name} ({act}): {sat:.0%} of its units are saturated (output pinned near "
-                f"{'0 or 1' if act == 'sigmoid' else '-1 or 1'} on most samples), where the "
-                "local gradient is almost 0, so little gradient passes back. Likely fix: a "
-                "smaller initialization (model.init=xavier), standardized inputs "
-                "(data.standardize=true), or model.activation=relu.")))
-    # Vanishing gradients: early layers' gradients far below the output layer's.
+        if sat is not None and sat > MOSTLY and name not in explained:
+            explained.add(name)
+            edge = "0 or 1" if d.get("activation") == "sigmoid" else "-1 or 1"
+            out.append(_warn("saturated", name, f"{sat:.0%} of its {d.get('activation')} units "
+                             f"are pinned near {edge} on most training samples, so little "
+                             "gradient passes back through them"))
+    # Vanishing gradients: early layers' gradients far below the output layer's (only when no
+    # dead, identical or saturated layer explains them already).
     last = diag[names[-1]].get("grad_norm") if names else None
-    if len(names) >= 2 and last and not (structural - {names[-1]}):
+    if len(names) >= 2 and last and not explained:
         low = [n for n in names[:-1] if diag[n].get("grad_norm") is not None
                and diag[n]["grad_norm"] / last < VANISHING]
         if low:
             name, g = low[0], diag[low[0]]["grad_norm"]
-            structural.update(low)
-            others = f" ({', '.join(low[1:])} too)" if len(low) > 1 else ""
-            acts = {diag[n].get("activation") for n in names[:-1]}
-            cause = (" Sigmoid and tanh scale the gradient down at every layer (the sigmoid's "
-                     "local gradient is at most 0.25)." if acts & {"sigmoid", "tanh"} else "")
-            out.append(_warn("vanishing", name, (
-                f"{name}: vanishing gradient: its gradient norm {_e(g)} is {_e(g / last)} "
-                f"times the output layer's ({_e(last)}){others}, so the early layers barely "
-                f"learn.{cause} Likely fix: model.activation=relu, xavier or he "
-                "initialization instead of small gaussian weights, or fewer layers.")))
+            explained.update(low)
+            also = f" ({', '.join(low[1:])} as well)" if len(low) > 1 else ""
+            out.append(_warn("vanishing", name, f"its weight gradient norm {_e(g)} is "
+                             f"{_e(g / last)} times the output layer's ({_e(last)}){also}, so "
+                             "the early layers barely learn"))
     # Exploding norms: weights 100x larger than at initialization or at the first evaluation
     # and still changing by more than a tenth of themselves per step (small-init layers grow
     # that much, healthily, but their updates settle near 1e-3), or no longer finite.
     first = next((r.get("diagnostics") for r in history if r.get("diagnostics")), None)
+    exploding: set[str] = set()
     for name, d in diag.items():
-        w, r = d.get("weight_norm"), d.get("update_ratio")
+        w, r, g = d.get("weight_norm"), d.get("update_ratio"), d.get("grad_norm")
         refs = [(init_norms.get(name, 0.0), "initialization"),
                 ((first or {}).get(name, {}).get("weight_norm"), "the first evaluation")]
         what = None
@@ -274,34 +317,30 @@ def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
             for ref, when in refs:
                 if ref and w >= EXPLODING * ref:
                     what = (f"the norm of its weights grew from {_e(ref)} at {when} to {_e(w)} "
-                            f"(x{_e(w / ref)}) and still changes by {_e(r)} of itself per step")
+                            f"(x{_e(w / ref)}) and the last step still changed them by {_e(r)} "
+                            "of their norm")
                     break
         if what:
-            g = d.get("grad_norm")
-            grad = f"; its gradient norm is {_e(g)}" if g is not None else ""
-            structural.add(name)
-            out.append(_warn("exploding", name, (
-                f"{name}: exploding norms: {what}{grad}. Likely fix: a smaller learning rate "
-                f"(optimizer.lr={lr / 10:g}), gradient clipping (train.grad_clip=5), or "
-                "stronger regularization.")))
-    # Update-to-weight ratios far from 1e-3. A small ratio late in training, once the loss has
-    # fallen (to under half of the first evaluation's), is convergence, not a too-low rate.
-    stalled = not history or train_loss is None or not history[0].get("train_loss") or \
-        train_loss > 0.5 * history[0]["train_loss"]
+            exploding.add(name)
+            explained.add(name)
+            out.append(_warn("exploding", name, what + (f"; gradient norm {_e(g)}"
+                                                        if g is not None else "")))
+    # Update-to-weight ratios far from 1e-3. A small ratio once the loss has fallen (to under
+    # half of the first evaluation's) is convergence, not a too-low rate.
+    stalled = (not history or train_loss is None or not history[0].get("train_loss")
+               or train_loss > 0.5 * history[0]["train_loss"])
     for name, d in diag.items():
         r = d.get("update_ratio")
         if r is None:
             continue
-        if r > RATIO_HIGH:
-            out.append(_warn("update_high", name, (
-                f"{name}: the last step changed its weights by {_e(r)} of their norm "
-                f"(update/weight ratio; about {HEALTHY_RATIO:g} is healthy): the learning "
-                f"rate is probably too high. Likely fix: optimizer.lr={lr / 10:g} or lower.")))
-        elif r < RATIO_LOW and stalled and name not in structural and d.get("grad_norm"):
-            out.append(_warn("update_low", name, (
-                f"{name}: the last step changed its weights by only {_e(r)} of their norm "
-                f"(update/weight ratio; about {HEALTHY_RATIO:g} is healthy): the learning "
-                f"rate is probably too low. Likely fix: optimizer.lr={lr * 10:g} or higher.")))
+        if r > RATIO_HIGH and name not in exploding:
+            out.append(_warn("update_high", name, f"the last step changed its weights by "
+                             f"{_e(r)} of their norm (update/weight ratio; about "
+                             f"{HEALTHY_RATIO:g} is healthy)"))
+        elif r < RATIO_LOW and stalled and name not in explained and d.get("grad_norm"):
+            out.append(_warn("update_low", name, f"the last step changed its weights by only "
+                             f"{_e(r)} of their norm (update/weight ratio; about "
+                             f"{HEALTHY_RATIO:g} is healthy) while the loss is not falling"))
     return out
 
 
@@ -313,9 +352,29 @@ def new_warnings(rec: dict[str, Any], history: list[dict[str, Any]]) -> list[dic
     return [w for w in rec.get("warnings") or () if (w["kind"], w["layer"]) not in seen]
 
 
-def warnings_summary(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every distinct warning of a run (kind, layer), with the epoch it first appeared and the
-    number of evaluations that showed it: what summary.json keeps."""
+def announcements(rec: dict[str, Any], history: list[dict[str, Any]],
+                  lr: float | None = None) -> list[str]:
+    """What to print for an evaluation: its new warnings, one paragraph per kind (layers of
+    the same kind together), each with the likely fix."""
+    by_kind: dict[str, list[dict[str, str]]] = {}
+    for w in new_warnings(rec, history):
+        by_kind.setdefault(w["kind"], []).append(w)
+    out = []
+    for kind, ws in by_kind.items():
+        if len(ws) == 1:
+            out.append(f"epoch {rec.get('epoch')}: " + warning_text(ws[0], lr))
+        else:
+            parts = "; ".join(f"{w['layer']}: {w['detail']}" for w in ws)
+            out.append(f"epoch {rec.get('epoch')}: {TITLES[kind]} in "
+                       f"{', '.join(w['layer'] for w in ws)}: {parts}. Likely fix: "
+                       f"{fix(kind, lr)}")
+    return out
+
+
+def warnings_summary(history: list[dict[str, Any]], lr: float | None = None
+                     ) -> list[dict[str, Any]]:
+    """Every distinct warning of a run (kind, layer): its full text, the epoch it first
+    appeared and how many evaluations showed it. What summary.json keeps."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for r in history:
         for w in r.get("warnings") or ():
@@ -323,5 +382,6 @@ def warnings_summary(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if key in out:
                 out[key]["evaluations"] += 1
             else:
-                out[key] = dict(w, first_epoch=r.get("epoch"), evaluations=1)
+                out[key] = dict(w, text=warning_text(w, lr), first_epoch=r.get("epoch"),
+                                evaluations=1)
     return list(out.values())

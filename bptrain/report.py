@@ -373,7 +373,7 @@ def sweep_table(rows: Sequence[dict[str, Any]], info: dict[str, Any],
     if hidden:
         caption += f", {hidden} more not shown"
     if best:
-        caption += f"; best so far {best['trial']}: {sweep_metric(best['metric'], metric)}"
+        caption += f"; best so far {_short_id(best)}: {sweep_metric(best['metric'], metric)}"
     table.caption = caption
     return table
 
@@ -500,10 +500,13 @@ class SweepReporter:
         else:
             self.console.print(Text("note: ", style="yellow") + Text(text))
 
-    def end(self, info: dict[str, Any], records: list[dict[str, Any]], result: Any) -> None:
+    def close(self) -> None:
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+    def end(self, info: dict[str, Any], records: list[dict[str, Any]], result: Any) -> None:
+        self.close()
         c = self.console
         for part in sweep_leaderboard(records, info):
             c.print(part)
@@ -572,27 +575,49 @@ class DiagnosticsReporter(RichReporter):
             self.console.print(diagnostics_table(record))
 
 
+from rich import box  # noqa: E402  (bptrain runs / compare / sanity)
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def _group_warnings(items: Sequence[str]) -> str:
+    """["exploding (fc1)", "exploding (scores)"] -> "exploding: fc1, scores"."""
+    kinds: dict[str, list[str]] = {}
+    for item in items:
+        kind, _, layer = item.partition(" (")
+        kinds.setdefault(kind, []).append(layer.rstrip(")"))
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items())
+
+
+def _best_val(m: dict[str, Any]) -> Text:
+    if m["best_val_acc"] is not None:
+        return Text(pct(m["best_val_acc"]), style="bold cyan")
+    if m["best_loss"] is not None:
+        return Text(f"loss {fmt(m['best_loss'])}" + ("" if m["best_loss_kind"] == "val"
+                                                    else " (train)"))
+    return Text("-", style="dim")
+
+
 def runs_table(runs: Sequence[Any], root: str) -> Table:
-    """`bptrain runs`: one row per run directory."""
+    """`bptrain runs`: one row per run directory, oldest first."""
     table = Table(title=f"runs in {root}/", title_justify="left", show_edge=False,
-                  pad_edge=False)
-    for col, j in (("run", "left"), ("date", "left"), ("config", "left"), ("network", "left"),
-                   ("epochs", "right"), ("best val acc", "right"), ("best loss", "right"),
-                   ("warnings", "left")):
-        table.add_column(col, justify=j)
+                  pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("run", no_wrap=True)
+    table.add_column("date (m-d)", no_wrap=True)
+    table.add_column("config")
+    table.add_column("network")
+    table.add_column("epochs", justify="right")
+    table.add_column("best val", justify="right", no_wrap=True)
+    table.add_column("warnings", style="red")
     for r in runs:
         m = r.metrics()
         total = f"/{r.total_epochs}" if r.total_epochs else ""
         epochs = (Text(str(m["epochs"])) if r.finished else
                   Text(f"{m['epochs']}{total} unfinished", style="yellow"))
-        acc = (Text(pct(m["best_val_acc"]), style="bold cyan")
-               if m["best_val_acc"] is not None else Text("-", style="dim"))
-        loss = (f"{fmt(m['best_loss'])} ({m['best_loss_kind']})"
-                if m["best_loss"] is not None else "-")
-        warn = Text(", ".join(sorted({w.split(' ')[0] for w in m["warnings"]})) or "",
-                    style="red")
-        table.add_row(r.name, r.date, r.source or "-", describe_network(r.config), epochs,
-                      acc, loss, warn)
+        kinds = sorted({w.split(" (")[0] for w in m["warnings"]})
+        table.add_row(r.name, r.date[5:] if len(r.date) == 16 else r.date,
+                      Path(r.source).name if r.source else "-", describe_network(r.config),
+                      epochs, _best_val(m), ", ".join(kinds))
     if not runs:
         table.caption = "no runs yet: bptrain run CONFIG writes one"
     return table
@@ -603,12 +628,14 @@ def describe_network(config: dict[str, Any]) -> str:
     model, loss = config.get("model") or {}, config.get("loss") or {}
     opt = config.get("optimizer") or {}
     if model.get("layers"):
-        net = "-".join(str(l.get("units") or l.get("type")) for l in model["layers"]
-                       if isinstance(l, dict) and l.get("type") == "affine")
-        net = f"layers {net}"
+        units = [str(l.get("units") or "out") for l in model["layers"]
+                 if isinstance(l, dict) and l.get("type") == "affine"]
+        net = "layers " + "-".join(units)
     else:
-        net = f"{model.get('hidden')} {model.get('activation', '')}".strip()
-    return f"{net}, {loss.get('type', '?')}, {opt.get('type', '?')} {opt.get('lr', '')}".strip()
+        hidden = model.get("hidden")
+        net = ("-".join(map(str, hidden)) if isinstance(hidden, list) else str(hidden))
+        net += f" {model.get('activation', '')}"
+    return f"{net} {loss.get('type', '?')} {opt.get('type', '?')} {_show_setting(opt.get('lr'))}"
 
 
 def _show_setting(v: Any) -> str:
@@ -664,10 +691,12 @@ def compare_report(runs: Sequence[Any], labels: Sequence[str]) -> list[Any]:
     row("final val acc", "final_val_acc", pct, "max")
     row("best val acc", "best_val_acc", pct, "max",
         lambda m: f" (ep {m['best_val_acc_epoch']})")
-    row("best loss", "best_loss", fmt, "min",
-        lambda m: f" ({m['best_loss_kind']}, ep {m['best_loss_epoch']})")
+    kinds = {m["best_loss_kind"] for m in metrics if m["best_loss"] is not None}
+    row("best val loss" if kinds == {"val"} else "best loss", "best_loss", fmt, "min",
+        lambda m: (f" (ep {m['best_loss_epoch']})" if kinds == {"val"} else
+                   f" ({m['best_loss_kind']}, ep {m['best_loss_epoch']})"))
     row("seconds", "seconds", lambda v: f"{v:.1f}")
-    table.add_row("warnings", *[Text(", ".join(m["warnings"]) or "none",
+    table.add_row("warnings", *[Text(_group_warnings(m["warnings"]) or "none",
                                      style="red" if m["warnings"] else "dim")
                                 for m in metrics])
     out.append(table)
@@ -697,7 +726,8 @@ def sanity_report(checks: Sequence[Any], title: str) -> list[Any]:
         if c.measured:
             line.append(f"  {c.measured}")
         out.append(line)
-        out.append(Text(f"     {c.meaning}"))
+        out.append(Text(textwrap.fill(c.meaning, width=80, initial_indent=" " * 5,
+                                      subsequent_indent=" " * 5)))
     failed = [c for c in checks if c.status == "fail"]
     if failed:
         out.append(Text(f"FAIL: {len(failed)} of {len(checks)} checks failed: "

@@ -108,13 +108,18 @@ def check_initial_loss(cfg: Config, data: Dataset) -> tuple[SanityCheck, float]:
     tol = 1e-2 * max(abs(expected), 1e-12)
     ok = math.isfinite(loss) and abs(loss - expected) <= tol
     measured = f"loss {_fmt(loss)}, expected {formula} = {_fmt(expected)}"
-    if ok:
+    mse = cfg.loss.type == "mse"
+    if ok and mse:
+        meaning = ("With tiny weights every output is about 0, and the loss is exactly that of "
+                   "all-zero outputs: the loss function and the targets agree.")
+    elif ok:
         meaning = ("With tiny weights every class scores about 0, and the loss is exactly chance: "
                    "the loss function and the labels agree.")
     else:
-        meaning = ("With tiny weights the scores are about 0, so the loss should be exactly "
-                   "chance; it is not: the loss computation or the labels are wrong (labels "
-                   "outside 0..C-1, or targets of another scale).")
+        meaning = ("With tiny weights the outputs are about 0, so the loss should be exactly "
+                   f"{'that of all-zero outputs' if mse else 'chance'}; it is not: the loss "
+                   "computation or the labels are wrong (labels outside 0..C-1, or targets of "
+                   "another scale).")
     return SanityCheck("initial loss, small weights", "pass" if ok else "fail", measured,
                        meaning, loss, expected), expected
 
@@ -135,12 +140,14 @@ def check_init_loss(cfg: Config, data: Dataset, expected: float) -> SanityCheck:
     ok = ratio <= INIT_FACTOR
     measured = (f"loss {_fmt(loss)} with {what}: {ratio:.3g}x the expected "
                 f"{_fmt(expected)}")
+    ref, outputs = (("the loss of all-zero outputs", "outputs") if cfg.loss.type == "mse"
+                    else ("chance", "scores"))
     if ok:
-        meaning = ("Your initialization starts close to chance, so the first steps go to "
-                   "learning, not to undoing large random scores.")
+        meaning = (f"Your initialization starts close to {ref}, so the first steps go to "
+                   f"learning, not to undoing large random {outputs}.")
     else:
-        meaning = (f"Your initialization starts {ratio:.3g} times above chance: its random "
-                   "scores are large, and early training spends itself shrinking them (or "
+        meaning = (f"Your initialization starts {ratio:.3g} times above {ref}: its random "
+                   f"{outputs} are large, and early training spends itself shrinking them (or "
                    "diverges). Try a smaller init: model.init=xavier or he, or a smaller "
                    "model.std.")
     return SanityCheck(name, "pass" if ok else "fail", measured, meaning, loss, expected)

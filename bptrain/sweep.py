@@ -56,6 +56,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+RAY_MISSING = ("the ray backend needs Ray: pip install -e \".[ray]\" in a bptrain checkout (or "
+               "pip install ray), or use --backend local.")
+
+
 class SweepInterrupted(BptrainError):
     """Ctrl-C or SIGTERM stopped the sweep; finished trials are kept."""
 
@@ -223,8 +227,9 @@ def _check_axis_key(key: Any, where: str) -> None:
         if part not in known:
             hint = (f" Did you mean '{ALIASES[part]}'?" if ALIASES.get(part) in known
                     else _suggest(part, known))
-            if hint:
-                hint = f" Did you mean '{'.'.join(parts[:i] + [hint.split(chr(39))[1]])}'?"
+            if hint:  # the whole key with the one part fixed
+                fixed = parts[:i] + [hint.split("'")[1]] + parts[i + 1:]
+                hint = f" Did you mean '{'.'.join(fixed)}'?"
             else:
                 hint = _suggest(key, _schema_keys())
             raise ConfigError(f"{where}: axes.{key}: unknown config key.{hint} Valid keys in "
@@ -235,6 +240,16 @@ def _check_axis_key(key: Any, where: str) -> None:
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_plain(values: list, at: str) -> None:
+    """Values become `key=value` overrides and JSON records: plain YAML values only."""
+    for v in values:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{at}: {v!r} is not a plain value (a number, string, true/false, "
+                              "null, list or mapping); quote dates and similar.") from None
 
 
 def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
@@ -248,6 +263,7 @@ def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
         if isinstance(spec, list):
             if not spec:
                 raise ConfigError(f"{at}: the list of values is empty; give at least one.")
+            _check_plain(spec, at)
             out.append(Axis(key, "values", values=list(spec)))
             continue
         if not (isinstance(spec, dict) and len(spec) == 1):
@@ -267,6 +283,7 @@ def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
             if not isinstance(arg, list) or not arg:
                 raise ConfigError(f"{at}: choice: expected a non-empty list of values, got "
                                   f"{arg!r}.")
+            _check_plain(arg, at)
             out.append(Axis(key, "choice", values=list(arg)))
             continue
         if not (isinstance(arg, list) and len(arg) == 2 and all(_number(v) for v in arg)):
@@ -609,6 +626,10 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
         raise BptrainError(f"--backend: choose local or ray, not {backend!r}.")
     if address and backend != "ray":
         raise BptrainError("--address joins a Ray cluster; add --backend ray.")
+    if backend == "ray":
+        import importlib.util
+        if importlib.util.find_spec("ray") is None:
+            raise BptrainError(RAY_MISSING)
     trials = plan(sweep)
     sweep_dir = Path(runs_root) / sweep.name
     workers = workers or default_workers()
@@ -637,8 +658,6 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
                              t.config.train.epochs})
         rows[t.id] = row
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if sweep.path is not None:
-        shutil.copyfile(sweep.path, sweep_dir / "sweep.yaml")
     workers = min(workers, max(len(jobs), 1))
     from bptrain.report import SweepReporter
     reporter = reporter or SweepReporter()
@@ -650,13 +669,14 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
     reporter.start(info, list(rows.values()))
     state = _State(rows, sweep_dir, reporter, len(trials))
     started = time.perf_counter()
-    interrupted = False
+    interrupted, crashed = False, True
     try:
         if jobs:
             if backend == "local":
                 interrupted = _run_local(jobs, workers, state)
             else:
                 interrupted = _run_ray(jobs, workers, address, state)
+        crashed = False
     finally:
         wall = time.perf_counter() - started
         for r in rows.values():
@@ -668,8 +688,13 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
         best = done[0] if done else None
         if best is not None:
             _write_best(sweep, trials[best["index"] - 1], best, sweep_dir)
+        elif (sweep_dir / "best.yaml").exists():
+            (sweep_dir / "best.yaml").unlink()   # from an earlier run of a changed sweep
         result = SweepResult(sweep_dir, records, best, wall, workers, backend, interrupted)
-        reporter.end(info, records, result)
+        if crashed:   # an error on its way out (e.g. Ray could not start): no leaderboard
+            reporter.close()
+        else:
+            reporter.end(info, records, result)
     if interrupted:
         left = sum(r["status"] != "done" for r in records)
         raise SweepInterrupted(f"{len(done)} of {len(records)} trials finished and are kept "
@@ -734,12 +759,23 @@ def _progress(job: dict[str, Any], metric: str, goal: str) -> dict[str, Any] | N
     return {"epoch": history[-1].get("epoch"), "epochs": job.get("epochs"), "metric": value}
 
 
+def _touched_since(run_dir: Path, since: float) -> bool:
+    for name in ("metrics.jsonl", "config.yaml"):
+        try:
+            if (run_dir / name).stat().st_mtime >= since - 1:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _run_local(jobs: list[dict], workers: int, state: _State) -> bool:
     """Worker processes (spawn); returns True if stopped by Ctrl-C."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
+    started = time.time()
     with _ThreadEnv(), _SigtermAsInterrupt():
         ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                  initializer=_worker_init, initargs=(stop,))
@@ -762,10 +798,12 @@ def _run_local(jobs: list[dict], workers: int, state: _State) -> bool:
                 state.finished(rec)
 
         def progress():
+            # f.running() is also true for the one call queued ahead for an idle worker, so a
+            # trial counts as running once its folder shows it (written since the sweep began).
             out = {}
             for f in pending:
-                if f.running():
-                    job = futures[f]
+                job = futures[f]
+                if f.running() and _touched_since(Path(job["out"]), started):
                     state.rows[job["id"]]["status"] = "running"
                     out[job["id"]] = _progress(job, job["metric"], job["goal"])
             return out
@@ -815,8 +853,7 @@ def _run_ray(jobs: list[dict], workers: int, address: str | None, state: _State)
     try:
         import ray
     except ImportError:
-        raise BptrainError("the ray backend needs Ray: pip install 'bptrain[ray]' (or "
-                           "pip install ray), or use --backend local.") from None
+        raise BptrainError(RAY_MISSING) from None
     import logging
     started_here = not ray.is_initialized()
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import numpy as np
 
 from bptrain.config import Config, dump_config, load_config
 from bptrain.data import Dataset, load_dataset
-from bptrain.diagnostics import Diagnostics, new_warnings, warnings_summary
+from bptrain.diagnostics import Diagnostics, announcements, warnings_summary
 from bptrain.errors import BptrainError, ConfigError, DataError, DivergenceError, EXIT_INTERRUPTED
 from bptrain.model import Model, build_model
 from bptrain.optim import Optimizer, clip_global_norm, learning_rate
@@ -348,8 +348,8 @@ class Trainer:
                 self.best_score, self.best = score, rec
                 save_npz(self.run_dir / "best.npz", dict(self.model.params))
             self.reporter.evaluation(rec)
-            for w in new_warnings(rec, self.history):  # each pattern once, when it appears
-                self.reporter.message(w["text"])
+            for text in announcements(rec, self.history, self.cfg.optimizer.lr):
+                self.reporter.message(text)  # each pattern once, when it first appears
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
         if not finished or self.batch_index >= self.steps_per_epoch:
             self.epoch += 1
@@ -392,7 +392,7 @@ class Trainer:
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "steps": self.step, "epochs": self.epoch, "seconds": round(elapsed, 3),
                    "num_params": self.model.num_params, "final": last, "best": self.best,
-                   "warnings": warnings_summary(self.history)}
+                   "warnings": warnings_summary(self.history, self.cfg.optimizer.lr)}
         save_json(self.run_dir / "summary.json", summary)
         self.reporter.end(summary, self.history)
         return summary

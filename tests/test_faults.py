@@ -1,8 +1,9 @@
 """Issue 8, bad input: config and data errors, divergence, atomic writes, nothing executed.
 
-Every case runs the real command line (`python -m bptrain ...`) in a subprocess with its own
-working directory. The subprocesses are started together by one module fixture (a few at a
-time), so the whole file costs a few seconds of wall time; each test then asserts on one case.
+Every case runs the command line (`bptrain ...`) as a separate process with its own working
+directory, exit status, stdout and stderr: forked children for the whole matrix, and a fresh
+`python -m bptrain` interpreter for a subset that must agree with them (see `Child`). One
+module fixture runs them all, several at a time; each test then asserts on one case.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +102,121 @@ DATA_CASES = {
 PWNED_YAML = 'name: x\nseed: !!python/object/apply:os.system ["touch PWNED"]\n'
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bptrain", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+# ---- running the command line -------------------------------------------------------------
+# A real `python -m bptrain` costs about a second of interpreter start and imports on a busy
+# machine, so the full matrix runs in forked children of this (already importing) process:
+# each child is a separate OS process with its own working directory, stdout and stderr files
+# and exit status, and executes the `bptrain` package's __main__ exactly as `python -m bptrain`
+# does; an uncaught exception is printed and exits 1, as the interpreter does. A subset of the
+# cases (REAL) also runs in a fresh interpreter, and must produce the same code and message.
+import bptrain.cli  # noqa: E402,F401  (what the commands import lazily, loaded once before forking)
+import bptrain.report  # noqa: E402,F401
+import bptrain.runs  # noqa: E402,F401
+import bptrain.trace  # noqa: E402,F401
+import bptrain.train  # noqa: E402,F401
+
+
+def _child_main(args: list[str], cwd: Path, out_fd: int, err_fd: int) -> None:
+    """In a forked child: run `bptrain ARGS` in CWD with stdout/stderr to the given files and
+    exit with its status. Never returns."""
+    import runpy
+    import signal
+    code = 1
+    try:
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(ENV)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.argv = ["bptrain", *args]
+        try:
+            runpy.run_module("bptrain", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())  # what the interpreter does (typer installs one)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class Child:
+    """`bptrain ARGS` running in a forked child process (see above); `real=True` starts a fresh
+    `python -m bptrain` interpreter instead."""
+
+    def __init__(self, args: list[str], cwd: Path, real: bool = False):
+        import tempfile
+        self.args, self.cwd = list(args), Path(cwd)
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.returncode: int | None = None
+        self._proc = None
+        if real:
+            self._proc = subprocess.Popen([sys.executable, "-m", "bptrain", *args], cwd=cwd,
+                                          env=ENV, stdout=self._out, stderr=self._err)
+            self.pid = self._proc.pid
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            _child_main(self.args, self.cwd, self._out.fileno(), self._err.fileno())
+        self.pid = pid
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            if self._proc is not None:
+                self.returncode = self._proc.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        import time
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                os.kill(self.pid, 9)
+                self.poll() if self._proc is None else self._proc.wait()
+                raise AssertionError(f"bptrain {' '.join(self.args)}: still running after "
+                                     f"{timeout} s (a hang)")
+            time.sleep(0.005)
+        out = []
+        for f in (self._out, self._err):
+            f.seek(0)
+            out.append(f.read().decode("utf-8", "replace"))
+            f.close()
+        return subprocess.CompletedProcess(["bptrain", *self.args], self.returncode, *out)
+
+
+def run_all(jobs: dict[str, tuple[list[str], Path]], real: bool = False,
+            at_once: int = 6) -> dict[str, subprocess.CompletedProcess]:
+    """Run every job, `at_once` at a time; {id: CompletedProcess}."""
+    results, running = {}, {}
+    pending = list(jobs.items())
+    while pending or running:
+        while pending and len(running) < at_once:
+            cid, (args, cwd) = pending.pop(0)
+            running[cid] = Child(args, cwd, real)
+        cid = next(iter(running))
+        results[cid] = running.pop(cid).wait()
+    return results
 
 
 def _write(folder: Path, files: dict[str, str]) -> Path:
@@ -112,48 +224,6 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
     return folder
-
-
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    """Prepare every case's folder, run all the commands (4 at a time) and return
-    {case id: (CompletedProcess, its folder)}."""
-    base = tmp_path_factory.mktemp("faults")
-    jobs: dict[str, tuple[list[str], Path]] = {}
-    for cid, (files, args, _) in CONFIG_CASES.items():
-        folder = _write(base / cid, files)
-        jobs[cid] = (args, folder)
-        debug = _write(base / f"{cid}-debug", files)
-        jobs[f"{cid}-debug"] = (["--debug", *args], debug)
-    for cid, (extra, _) in DATA_CASES.items():
-        folder = _write(base / f"data-{cid}", {"d.yaml": NPZ_CONFIG})
-        np.savez(folder / "data.npz", **_data_arrays(cid))
-        jobs[f"data-{cid}"] = (["run", "d.yaml", "--out", "out", *extra], folder)
-    # Divergence: a learning rate of 1e4 on the main config.
-    jobs["diverge"] = (["run", str(MLP), "--set", "optimizer.lr=1e4", "--out", "dv", "--quiet"],
-                       _write(base / "diverge", {}))
-    # Nothing runs that the user did not write.
-    jobs["pwned_yaml"] = (["run", "p.yaml"], _write(base / "pwned_yaml", {"p.yaml": PWNED_YAML}))
-    jobs["pwned_set"] = (["run", str(MLP), "--set",
-                          "name=!!python/object/apply:os.system ['touch PWNED']"],
-                         _write(base / "pwned_set", {}))
-    jobs["pwned_trace"] = (["trace", "__import__('os').system('touch PWNED')"],
-                           _write(base / "pwned_trace", {}))
-    jobs["pwned_trace_attr"] = (["trace", "x.__class__.__bases__[0]", "x=1"],
-                                _write(base / "pwned_trace_attr", {}))
-    # `bptrain eval` on runs whose model.npz was replaced: one short real run, copied.
-    from bptrain.train import train
-    run = base / "run"
-    train(_short_mlp(), out=run)
-    for cid, make in EVAL_CASES.items():
-        folder = base / cid
-        folder.mkdir()
-        shutil.copytree(run, folder / "run")
-        make(folder / "run" / "model.npz")
-        jobs[cid] = (["eval", "run"], folder)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {cid: pool.submit(_cli, args, cwd) for cid, (args, cwd) in jobs.items()}
-        return {cid: (f.result(), jobs[cid][1]) for cid, f in futures.items()}
 
 
 def _short_mlp():
@@ -184,6 +254,77 @@ def _foreign_shapes(path: Path) -> None:
 EVAL_CASES = {"eval_object": _object_model, "eval_truncated": _truncated_model,
               "eval_foreign_names": _foreign_names, "eval_foreign_shapes": _foreign_shapes}
 
+# Also run in a fresh `python -m bptrain` interpreter.
+REAL = ["yaml_syntax-debug", "set_bad_value", "data-nan", "diverge", "pwned_yaml",
+        "eval_truncated"]
+# --debug takes the same path for every error (the CLI re-raises it), and rendering a rich
+# traceback costs a fifth of a second, so it is checked on one case of each kind.
+DEBUG_CASES = ["yaml_syntax", "unknown_key", "set_bad_value", "missing_config", "missing_data"]
+
+
+def _prepare(base: Path, only: list[str] | None, run: Path) -> dict[str, tuple[list[str], Path]]:
+    """Write each case's folder under `base`; {id: (arguments, folder)}."""
+    jobs: dict[str, tuple[list[str], Path]] = {}
+
+    def add(cid: str, args: list[str], files: dict[str, str]) -> Path | None:
+        if only is not None and cid not in only:
+            return None
+        jobs[cid] = (args, _write(base / cid, files))
+        return base / cid
+
+    for cid, (files, args, _) in CONFIG_CASES.items():
+        add(cid, args, files)
+        if cid in DEBUG_CASES:
+            add(f"{cid}-debug", ["--debug", *args], files)
+    for cid, (extra, _) in DATA_CASES.items():
+        folder = add(f"data-{cid}", ["run", "d.yaml", "--out", "out", *extra],
+                     {"d.yaml": NPZ_CONFIG})
+        if folder:
+            np.savez(folder / "data.npz", **_data_arrays(cid))
+    # Divergence: a learning rate of 1e4 on the main config.
+    add("diverge", ["run", str(MLP), "--set", "optimizer.lr=1e4", "--out", "dv", "--quiet"], {})
+    # Nothing runs that the user did not write.
+    add("pwned_yaml", ["run", "p.yaml"], {"p.yaml": PWNED_YAML})
+    add("pwned_set", ["run", str(MLP), "--set",
+                      "name=!!python/object/apply:os.system ['touch PWNED']"], {})
+    add("pwned_trace", ["trace", "__import__('os').system('touch PWNED')"], {})
+    add("pwned_trace_attr", ["trace", "x.__class__.__bases__[0]", "x=1"], {})
+    # `bptrain eval` on copies of a finished run whose model.npz was replaced.
+    for cid, make in EVAL_CASES.items():
+        folder = add(cid, ["eval", "run"], {})
+        if folder:
+            shutil.copytree(run, folder / "run")
+            make(folder / "run" / "model.npz")
+    return jobs
+
+
+def _warm_up(base: Path) -> None:
+    """Do once here what every child would otherwise do for itself: the first call of each
+    command builds typer's parser and imports what the commands import lazily."""
+    from typer.testing import CliRunner
+    runner = CliRunner()
+    for args in (["run", str(base / "none.yaml")], ["trace", "x +"],
+                 ["eval", str(base / "none")]):
+        runner.invoke(bptrain.cli.app, args)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """Every case's result: {id: (CompletedProcess, its folder)}; REAL ones also as
+    {"real:" + id: ...}."""
+    from bptrain.train import train
+    base = tmp_path_factory.mktemp("faults")
+    run = base / "finished-run"
+    train(_short_mlp(), out=run)  # one short real run, for the eval cases
+    _warm_up(base)
+    real_jobs = _prepare(base / "real", REAL, run)
+    real = {cid: Child(args, cwd, real=True) for cid, (args, cwd) in real_jobs.items()}
+    jobs = _prepare(base / "fork", None, run)
+    results = {cid: (proc, jobs[cid][1]) for cid, proc in run_all(jobs).items()}
+    for cid, child in real.items():
+        results["real:" + cid] = (child.wait(), real_jobs[cid][1])
+    return results
+
 
 def message(proc: subprocess.CompletedProcess) -> str:
     return " ".join((proc.stdout + proc.stderr).split())  # one line, whitespace collapsed
@@ -208,7 +349,7 @@ def test_config_error_is_one_paragraph_with_exit_2(cases, cid):
     assert not (folder / "runs").exists()  # nothing was created
 
 
-@pytest.mark.parametrize("cid", sorted(CONFIG_CASES))
+@pytest.mark.parametrize("cid", DEBUG_CASES)
 def test_debug_shows_the_traceback(cases, cid):
     proc, folder = cases[f"{cid}-debug"]
     assert proc.returncode != 0
@@ -327,7 +468,7 @@ def test_trace_parses_expressions_never_evaluates_them(cases, cid):
     assert not (ROOT / "PWNED").exists()
 
 
-def test_object_array_in_data_is_a_data_error(cases, tmp_path):
+def test_object_array_in_data_is_a_data_error(tmp_path):
     # (the CLI case is data-object_array above); in-process, the loader refuses too
     np.savez(tmp_path / "o.npz", **_data_arrays("object_array"))
     with pytest.raises(DataError, match="object array"):
@@ -343,3 +484,18 @@ def test_object_array_in_data_is_a_data_error(cases, tmp_path):
 def test_eval_on_a_bad_model_file_is_a_clear_error(cases, cid, expected):
     proc, folder = cases[cid]
     assert_clean_error(proc, expected)
+
+
+# ---- the fresh interpreter agrees with the forked children ---------------------------------
+@pytest.mark.parametrize("cid", REAL)
+def test_python_dash_m_bptrain_gives_the_same_result(cases, cid):
+    real, folder = cases["real:" + cid]
+    forked, _ = cases[cid]
+    assert real.returncode == forked.returncode, (real, forked)
+    if cid.endswith("-debug"):
+        assert "Traceback (most recent call last)" in real.stderr
+        assert real.stderr.splitlines()[-1] == forked.stderr.splitlines()[-1]
+    else:
+        assert "Traceback" not in real.stdout + real.stderr
+        assert real.stderr == forked.stderr
+    assert not (folder / "PWNED").exists()
