@@ -30,6 +30,10 @@ def _fail(exc: BaseException) -> None:
     from bptrain.report import error, make_console
     if _state["debug"]:
         raise exc
+    if isinstance(exc, MemoryError):
+        exc = BptrainError("out of memory building or training the network: the layers, batch "
+                           "or data are too large for this machine; reduce model.hidden, "
+                           "train.batch_size or the data.")
     if isinstance(exc, BptrainError):
         error(make_console(stderr=True), str(exc),
               "stopped" if exc.exit_code == EXIT_INTERRUPTED else "error")
@@ -71,7 +75,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
             train(cfg, out=out, reporter=reporter, resume=resume)
         finally:
             reporter.close()
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -94,7 +98,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/m
                                                  if ev.accuracy is not None else ""))
         if ev.confusion is not None:
             console.print(confusion_table(ev.confusion))
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -142,7 +146,7 @@ def gradcheck(config: Optional[Path] = typer.Argument(None, help="Check this con
             console.print(gradcheck_verdict(results))
         if failed:
             raise typer.Exit(EXIT_FAILED)
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -165,7 +169,7 @@ def trace(expression: str = typer.Argument(..., help='A scalar expression, e.g. 
             console = make_console()
             for part in trace_report(result):
                 console.print(part)
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -190,7 +194,7 @@ def show(config: Path = typer.Argument(..., help="The YAML config whose graph to
             console = make_console()
             for part in graph_table(summary, f"graph of {config} (batch {summary.batch})"):
                 console.print(part)
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -216,7 +220,7 @@ def sweep(sweep_file: Path = typer.Argument(..., help="The sweep YAML: a base co
                 typer.echo(t.id + (f"  invalid: {t.error}" if t.error else ""))
             return
         run_sweep(sw, workers=workers, backend=backend, address=address)
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -237,7 +241,7 @@ def runs(dir_: Path = typer.Option(Path("runs"), "--dir", help="The folder holdi
                                     **r.metrics()} for r in found], indent=1))
         else:
             make_console().print(runs_table(found, str(dir_).rstrip("/")))
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -257,7 +261,7 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run dir
         console = make_console()
         for part in compare_report(found, labels):
             console.print(part)
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 
@@ -287,7 +291,7 @@ def sanity(config: Path = typer.Argument(..., help="The YAML config to check bef
                 console.print(part)
         if not all(c.passed for c in checks):
             raise typer.Exit(EXIT_FAILED)
-    except BptrainError as e:
+    except (BptrainError, MemoryError) as e:
         _fail(e)
 
 

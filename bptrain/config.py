@@ -161,10 +161,11 @@ def parse_yaml(text: str, where: str) -> Any:
         mark = e.problem_mark or e.context_mark
         pos = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
         problem = e.problem or "invalid YAML"
+        fix = "Fix the YAML syntax there."
         if "could not determine a constructor" in str(e):
-            problem = (f"{problem}. Tags that build Python objects are never run; write "
-                       "plain values")
-        raise ConfigError(f"{pos}: {problem}. Fix the YAML syntax there.") from None
+            fix = ("Tags that build Python objects are never run: write plain values "
+                   "(numbers, strings, lists, mappings).")
+        raise ConfigError(f"{pos}: {problem}. {fix}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: invalid YAML ({e}).") from None
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
@@ -196,7 +197,8 @@ def _show(value: Any) -> str:
 def _type_name(tp: Any) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(args[0])}"
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(args[0], _type_name(args[0]))}"
     if args and len(typing.get_args(tp)) == 2:
         return _type_name(args[0]) + " or null"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"

@@ -39,7 +39,8 @@ def pct(x: float | None) -> str:
 
 
 def error(console: Console, message: str, label: str = "error") -> None:
-    console.print(Text(f"{label}: ", style="bold red") + Text(message))
+    # soft_wrap: the terminal wraps the paragraph itself; a log keeps paths and commands whole.
+    console.print(Text(f"{label}: ", style="bold red") + Text(message), soft_wrap=True)
 
 
 def network_table(layers: Sequence[Any], batch: int | None = None) -> Table:
