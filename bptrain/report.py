@@ -372,9 +372,9 @@ def sweep_table(rows: Sequence[dict[str, Any]], info: dict[str, Any],
     caption = (f"{counts['done']}/{len(rows)} done, {counts['running']} running, "
                f"{counts['failed']} failed")
     if hidden:
-        caption += f", {hidden} more not shown"
+        caption += f", {hidden} not shown"
     if best:
-        caption += f"; best so far {_short_id(best)}: {sweep_metric(best['metric'], metric)}"
+        caption += f"; best {_short_id(best)} {sweep_metric(best['metric'], metric)}"
     table.caption = caption
     return table
 

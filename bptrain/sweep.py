@@ -49,9 +49,10 @@ ALIASES = {"learning_rate": "lr", "hidden_size": "hidden", "hidden_sizes": "hidd
            "hidden_units": "hidden", "reg": "strength", "lambda": "strength"}  # other trainers' words
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.npz", "best.npz", "model.npz",
              "summary.json")
-# BLAS threads per trial. Measured on 2 cores (configs/mlp.yaml): 0.41 s with 1 thread,
-# 1.14 s with 2, even for a single run; two runs side by side with 2 threads each take 2.3 s
-# per run. The matrices are small, so threads cost more than they give. Results are identical.
+# BLAS threads per trial: 1. Measured with configs/sweep-digits.yaml on 2 cores: with one
+# worker, 1 or 2 BLAS threads take the same time on an idle machine (the matrices are small) and
+# 2 threads are 3x slower when other jobs use the cores; with two workers, 2 threads each are 4x
+# slower than 1. Results are identical either way.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
