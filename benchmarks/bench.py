@@ -63,7 +63,7 @@ def init_weights(w: dict, dtype: str, seed: int = 1):
 def bptrain_stepper(w: dict, dtype: str):
     from bptrain.config import load_config
     from bptrain.data import Dataset
-    from bptrain.train import Trainer
+    from bptrain.trainer import Trainer
     X, y = make_data(w, dtype)
     cfg = load_config({
         "name": "bench", "data": {"source": "regression" if w["loss"] == "mse" else "npz",

@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_config": "bptrain.config",
     "build_model": "bptrain.model", "Model": "bptrain.model",
     "load_dataset": "bptrain.data",
-    "train": "bptrain.train",
+    "train": "bptrain.trainer",
     "BptrainError": "bptrain.errors", "ConfigError": "bptrain.errors",
     "DataError": "bptrain.errors",
 }

@@ -55,7 +55,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
     try:
         from bptrain.config import dump_config, load_config
         from bptrain.report import RichReporter
-        from bptrain.train import train
+        from bptrain.trainer import train
         if resume is None and config is None:
             raise BptrainError("give a config to train (bptrain run configs/mlp.yaml) or a run "
                                "to continue (bptrain run --resume runs/NAME).")

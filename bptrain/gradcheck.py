@@ -307,7 +307,7 @@ def check_config(cfg: Any, *, samples: int | None = 100, h: float = H, seed: int
     """A config's whole network (data loss + regularization), per parameter, in float64 on a
     small batch of its training data, whatever the config's dtype."""
     from bptrain.config import load_config
-    from bptrain.train import build_for_data, load_data
+    from bptrain.trainer import build_for_data, load_data
     cfg = load_config(cfg, ["train.dtype=float64"])
     data = load_data(cfg)
     model = build_for_data(cfg, data)

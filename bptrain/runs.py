@@ -11,7 +11,7 @@ from bptrain.config import Config, load_config
 from bptrain.data import Dataset, load_dataset, load_npz_safely
 from bptrain.errors import DataError
 from bptrain.model import Model
-from bptrain.train import build_for_data, load_data
+from bptrain.trainer import build_for_data, load_data
 
 
 @dataclass

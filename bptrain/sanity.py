@@ -31,7 +31,7 @@ from bptrain.config import Config, load_config
 from bptrain.data import Dataset
 from bptrain.model import Model
 from bptrain.optim import Optimizer, clip_global_norm
-from bptrain.train import accuracy, build_for_data, load_data
+from bptrain.trainer import accuracy, build_for_data, load_data
 
 SMALL_STD = 1e-4        # "small weights" of check 1
 INIT_FACTOR = 3.0       # check 2 fails above this many times the expected initial loss

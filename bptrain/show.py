@@ -10,7 +10,7 @@ import numpy as np
 from bptrain import gates as G
 from bptrain.config import Config
 from bptrain.model import Model
-from bptrain.train import build_for_data, load_data
+from bptrain.trainer import build_for_data, load_data
 
 
 @dataclass

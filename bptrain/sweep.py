@@ -12,7 +12,7 @@ A sweep file (YAML) names a base config and the axes to vary:
     metric: best.val_acc               # default; goal follows (maximize accuracies)
     seed: 0                            # drives random sampling only
 
-Every trial is a normal run (`bptrain.train.train`) in runs/<sweep>/<trial-id>/ with its own
+Every trial is a normal run (`bptrain.trainer.train`) in runs/<sweep>/<trial-id>/ with its own
 resolved config.yaml, so `bptrain run runs/<sweep>/<trial-id>/config.yaml` repeats it alone.
 `run_trial` is the one function both backends call for a trial: local worker processes
 (concurrent.futures with the spawn context) or Ray tasks. Results land in
@@ -472,7 +472,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
 
     job: id, config (a resolved config mapping), out (the run directory), metric, goal,
     resume (continue from the directory's checkpoint)."""
-    from bptrain.train import Interrupted, train
+    from bptrain.trainer import Interrupted, train
     out = Path(job["out"])
     rec = {"trial": job["id"], "status": "failed", "metric": None, "epoch": None,
            "seconds": None, "reason": None}
@@ -715,7 +715,7 @@ def _write_best(sweep: Sweep, trial: Trial, rec: dict[str, Any], sweep_dir: Path
             f"# {sweep.metric} = {rec['metric']} (epoch {rec['epoch']}; goal: {sweep.goal}); "
             f"its run: {sweep_dir / trial.id}/\n"
             f"# train it again: bptrain run {sweep_dir / 'best.yaml'}\n")
-    from bptrain.train import atomic_write_bytes
+    from bptrain.trainer import atomic_write_bytes
     atomic_write_bytes(sweep_dir / "best.yaml",
                        lambda f: f.write((head + dump_config(trial.config)).encode()))
 
@@ -727,7 +727,7 @@ class _State:
         self.rows, self.dir, self.reporter, self.total = rows, sweep_dir, reporter, total
 
     def save(self) -> None:
-        from bptrain.train import atomic_write_bytes
+        from bptrain.trainer import atomic_write_bytes
         lines = "".join(json.dumps(r) + "\n" for r in
                         sorted(self.rows.values(), key=lambda r: r["index"]))
         atomic_write_bytes(self.dir / "sweep.jsonl", lambda f: f.write(lines.encode()))

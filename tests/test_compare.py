@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from bptrain.cli import app
 from bptrain.config import load_config
 from bptrain.runs import differing_settings, flatten, list_runs, read_run, run_labels
-from bptrain.train import train
+from bptrain.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs" / "mlp.yaml")

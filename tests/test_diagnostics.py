@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bptrain.cli import app
 from bptrain.config import load_config
 from bptrain.diagnostics import Diagnostics, layers_of
-from bptrain.train import Trainer, build_for_data, load_data, train
+from bptrain.trainer import Trainer, build_for_data, load_data, train
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "configs" / "mlp.yaml"

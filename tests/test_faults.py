@@ -113,7 +113,7 @@ import bptrain.cli  # noqa: E402,F401  (what the commands import lazily, loaded 
 import bptrain.report  # noqa: E402,F401
 import bptrain.runs  # noqa: E402,F401
 import bptrain.trace  # noqa: E402,F401
-import bptrain.train  # noqa: E402,F401
+import bptrain.trainer  # noqa: E402,F401
 
 
 def _child_main(args: list[str], cwd: Path, out_fd: int, err_fd: int) -> None:
@@ -312,7 +312,7 @@ def _warm_up(base: Path) -> None:
 def cases(tmp_path_factory):
     """Every case's result: {id: (CompletedProcess, its folder)}; REAL ones also as
     {"real:" + id: ...}."""
-    from bptrain.train import train
+    from bptrain.trainer import train
     base = tmp_path_factory.mktemp("faults")
     run = base / "finished-run"
     train(_short_mlp(), out=run)  # one short real run, for the eval cases
@@ -395,8 +395,8 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(cases):
 
 # ---- 6. atomic writes ---------------------------------------------------------------------
 def test_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    from bptrain import train as train_module
-    from bptrain.train import Trainer
+    from bptrain import trainer as train_module
+    from bptrain.trainer import Trainer
 
     cfg = _short_mlp()
     trainer = Trainer(cfg, tmp_path)
@@ -430,7 +430,7 @@ def test_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path, 
 
 
 def test_failed_json_write_leaves_the_previous_summary_whole(tmp_path, monkeypatch):
-    from bptrain.train import atomic_write_bytes, save_json
+    from bptrain.trainer import atomic_write_bytes, save_json
 
     path = tmp_path / "summary.json"
     save_json(path, {"steps": 1})

@@ -227,7 +227,7 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def existing_run(tmp_path_factory):
     """A finished run from a short real training, and the fingerprint of its folder."""
-    from bptrain.train import train
+    from bptrain.trainer import train
     parent = tmp_path_factory.mktemp("fuzz-runs")
     run = parent / "mlp"
     train(load_config(MLP, ["train.epochs=1"]), out=run)

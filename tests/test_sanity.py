@@ -14,7 +14,7 @@ from bptrain.cli import app
 from bptrain.config import load_config
 from bptrain.sanity import (check_initial_loss, check_overfit, check_regularization,
                             run_sanity)
-from bptrain.train import load_data
+from bptrain.trainer import load_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs" / "mlp.yaml")

@@ -14,7 +14,7 @@ import pytest
 from bptrain.config import load_config
 from bptrain.errors import ConfigError
 from bptrain.runs import evaluate_run, load_run
-from bptrain.train import SilentReporter, build_for_data, load_data, train
+from bptrain.trainer import SilentReporter, build_for_data, load_data, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
