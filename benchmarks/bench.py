@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,8 +72,9 @@ def bptrain_stepper(w: dict, dtype: str):
         "loss": {"type": w["loss"], "reduction": "sum"},
         "regularization": {"type": "l2" if w["reg"] else "none", "strength": w["reg"]},
         "optimizer": {"type": "sgd", "lr": w["lr"]},
+        # Steps far from any evaluation: the benchmark times training steps, not evaluations.
         "train": {"batch_size": w["batch"], "shuffle": w["shuffle"], "dtype": dtype,
-                  "epochs": 1}})
+                  "iterations": 10**9, "eval_every": 10**6}})
     empty = X[:0]
     data = Dataset(X, y, empty, y[:0], None if w["loss"] == "mse" else w["dims"][-1], "bench")
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()), data=data)
@@ -84,8 +84,10 @@ def bptrain_stepper(w: dict, dtype: str):
     n_batches = w["n"] // w["batch"]
     state = {"i": 0}
 
-    def step():
-        if state["i"] % n_batches == 0:
+    trainer.perm = np.arange(w["n"])
+
+    def step():  # what Trainer.run does per step (a new order each epoch when shuffled)
+        if w["shuffle"] and state["i"] % n_batches == 0:
             trainer.perm = trainer.shuffle_rng.permutation(w["n"])
         loss = trainer.train_step(*trainer.batch(state["i"] % n_batches), w["lr"])
         state["i"] += 1
@@ -204,7 +206,7 @@ def torch_stepper(w: dict, dtype: str):
             for P in params:
                 P -= lr * P.grad
                 P.grad = None
-        return float(loss)
+        return float(loss.detach())
     return step
 
 
@@ -238,20 +240,28 @@ def time_side_by_side(workload: str, dtype: str, blocks: int, steps: int,
 
 
 def peak_memory(workload: str, dtype: str, impl: str, steps: int = 10) -> float:
-    """MiB the max RSS grows by in a fresh process that builds the workload and trains."""
-    code = (f"import sys, resource; sys.path.insert(0, {str(ROOT)!r}); "
+    """MiB the peak RSS grows by in a fresh process that builds the workload and trains.
+    (VmHWM from /proc, not ru_maxrss: Linux carries ru_maxrss over from the parent.)"""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
             "sys.argv=['bench']; import benchmarks.bench as b; import numpy; "
             + ("import torch; " if impl == "pytorch" else "")
-            + "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            + "base = b.peak_rss_kib(); "
             f"fn = b.IMPLS[{impl!r}](b.WORKLOADS[{workload!r}], {dtype!r}); "
             f"[fn() for _ in range({steps})]; "
-            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+            "print((b.peak_rss_kib() - base) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         return float(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         return float("nan")
+
+
+def peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def gemm_peak_gflops(dtype: str) -> float:

@@ -345,35 +345,38 @@ class Graph:
         order, backward = self.plan(output)
         for node in order:
             node.grad = None
-        output.grad = np.ones_like(output.value)
-        owned: dict[int, bool] = {}  # nodes whose grad array is ours to add into
+        value = output.value
+        # dL/dL = 1: a scalar of the loss's dtype (cheaper than ones_like for the usual case)
+        output.grad = value.dtype.type(1) if np.ndim(value) == 0 else np.ones_like(value)
+        owned: set[Node] = set()  # nodes whose grad array is ours alone to add into
         for node in backward:
             upstream = node.grad
             if upstream is None:  # nothing downstream of this node reached the output
                 continue
-            downstream = node.gate.backward(upstream)
-            if not isinstance(downstream, (tuple, list)):
-                downstream = (downstream,)
+            gate = node.gate
+            downstream = gate.backward(upstream)
+            if type(downstream) is not tuple:
+                downstream = tuple(downstream) if isinstance(downstream, list) else (downstream,)
             if len(downstream) != len(node.inputs):
-                raise ValueError(f"{node.gate.label()}.backward returned {len(downstream)} "
+                raise ValueError(f"{gate.label()}.backward returned {len(downstream)} "
                                  f"gradients for {len(node.inputs)} inputs")
             for parent, grad in zip(node.inputs, downstream):
                 if grad is None or not parent.requires_grad:
                     continue
                 shape = np.shape(parent.value)
-                if np.shape(grad) != shape:
+                if getattr(grad, "shape", None) != shape:
                     grad = unbroadcast(np.asarray(grad), shape)
                 if parent.grad is None:
                     parent.grad = grad
-                    owned[id(parent)] = node.gate.fresh_downstream and \
-                        isinstance(grad, np.ndarray) and grad.shape == shape
-                elif owned.get(id(parent)):
+                    if gate.fresh_downstream and type(grad) is np.ndarray:
+                        owned.add(parent)
+                elif parent in owned:
                     parent.grad += grad  # ours alone (see fresh_downstream): add in place
                 else:
                     # Fan-out: a new array, not `+=`, since the first gradient may be
                     # another node's upstream handed through (an add gate does that).
                     parent.grad = parent.grad + grad
-                    owned[id(parent)] = True
+                    owned.add(parent)
 
     @property
     def params(self) -> list[Node]:

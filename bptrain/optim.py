@@ -39,11 +39,7 @@ class Optimizer:
                  "adam": ("m", "v"), "adamw": ("m", "v")}[kind]
         self.state = {f"{slot}/{name}": np.zeros_like(p)
                       for name, p in params.items() for slot in slots}
-        # One scratch buffer, as large as the largest parameter, reused by every update:
-        # no step allocates, and the memory cost is one parameter, not a copy of them all.
-        largest = max(params.values(), key=lambda p: p.size)
-        scratch = np.empty(largest.size, dtype=largest.dtype)
-        self._tmp = {name: scratch[:p.size].reshape(p.shape) for name, p in params.items()}
+        self._scratch: dict[str, np.ndarray] = {}  # made on first use, then reused
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {**self.state, "t": np.array(self.t)}
@@ -55,23 +51,34 @@ class Optimizer:
             np.copyto(arr, state[key])
         self.t = int(state["t"])
 
-    def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
+    def _scratch_for(self, name: str, p: np.ndarray) -> np.ndarray:
+        if name not in self._scratch:
+            self._scratch[name] = np.empty_like(p)
+        return self._scratch[name]
+
+    def step(self, grads: dict[str, np.ndarray], lr: float, consume: bool = False) -> None:
+        """Update every parameter in place. With consume=True (the Trainer's choice: its
+        gradients are recomputed every step) the gradient arrays serve as scratch and hold
+        the applied updates afterwards, so no step needs a parameter-sized temporary."""
         self.t += 1
         c = self.cfg
         for name, p in self.params.items():
             g = grads[name]
             if g is None:
                 continue
-            tmp = self._tmp[name]
             if c.weight_decay and self.kind != "adamw":
                 g = g + c.weight_decay * p
+            # Once folded into the state below, g is not needed again: with consume, its
+            # array holds the update.
+            tmp = g if consume and g.flags.writeable else self._scratch_for(name, p)
             if self.kind == "sgd":
                 np.multiply(g, lr, out=tmp)
             elif self.kind in ("momentum", "nesterov"):
                 v = self.state[f"v/{name}"]
                 v *= c.momentum
                 v += g
-                if self.kind == "nesterov":
+                if self.kind == "nesterov":  # needs g after the scratch is written
+                    tmp = self._scratch_for(name, p)
                     np.multiply(v, c.momentum, out=tmp)
                     tmp += g
                     tmp *= lr
@@ -81,6 +88,7 @@ class Optimizer:
                 s = self.state[f"s/{name}"]
                 s *= c.decay_rate
                 s += (1 - c.decay_rate) * (g * g)
+                tmp = self._scratch_for(name, p)  # the denominator, while g is still needed
                 np.sqrt(s, out=tmp)
                 tmp += c.eps
                 np.divide(g, tmp, out=tmp)

@@ -286,7 +286,7 @@ class Trainer:
         watched = self.diagnostics.before_step(self)  # only the step before an evaluation
         if self.cfg.train.grad_clip:
             clip_global_norm(grads, self.cfg.train.grad_clip)
-        self.optimizer.step(grads, lr)
+        self.optimizer.step(grads, lr, consume=True)  # grads are recomputed next step
         if watched:
             self.diagnostics.after_step()
         self.last_finite_loss = loss
