@@ -230,8 +230,14 @@ def time_side_by_side(workload: str, dtype: str, blocks: int, steps: int,
         for _ in range(max(3, steps // 2)):
             fn()
     times: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(blocks):
-        for name, fn in steppers.items():
+    names = list(steppers)
+    for block in range(blocks):
+        # Rotate the order, and pause before each block: BLAS and OpenMP worker threads keep
+        # spinning for a while after a burst, which would slow whichever implementation
+        # runs next (PyTorch's threads especially).
+        for name in names[block % len(names):] + names[:block % len(names)]:
+            fn = steppers[name]
+            time.sleep(0.1)
             t = time.perf_counter()
             for _ in range(steps):
                 fn()
