@@ -298,6 +298,11 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         self.started = time.perf_counter()
         self.reporter.start(self.describe())
+        if cfg.model.init == "zeros" and len(self.model.weights) > 1:
+            self.reporter.message(
+                "model.init is zeros: every hidden unit starts identical and receives the same "
+                "gradient, so they stay identical (symmetry is never broken). Use init he or "
+                "xavier to train a real network.")
         # Overflow inside a diverging step is reported once, as a DivergenceError, not as
         # NumPy warnings.
         with open(metrics_path, "a", encoding="utf-8") as metrics_file, _StopFlag() as stop, \
@@ -394,6 +399,8 @@ class Trainer:
                    "num_params": self.model.num_params, "final": last, "best": self.best,
                    "warnings": warnings_summary(self.history, self.cfg.optimizer.lr)}
         save_json(self.run_dir / "summary.json", summary)
+        from bptrain.plot import save_loss_curves
+        save_loss_curves(self.run_dir / "curves.png", self.history, self.cfg.name)
         self.reporter.end(summary, self.history)
         return summary
 

@@ -327,3 +327,23 @@ def test_float32_run_saves_float32(tmp_path):
     for k in ("W1", "b1", "W2", "b2"):
         assert model[k].dtype == np.float32, k
     assert r.metrics["val_acc"] > 0.9
+
+
+def test_zeros_init_warns_at_start_that_symmetry_is_never_broken(tmp_path):
+    from bptrain.trainer import train
+
+    class Recorder(SilentReporter):
+        def __init__(self):
+            self.messages = []
+
+        def message(self, text):
+            self.messages.append(text)
+
+    rec = Recorder()
+    train(load_config(CONFIGS / "mlp.yaml", ["model.init=zeros", "train.epochs=1"]),
+          out=tmp_path / "z", reporter=rec)
+    assert any("symmetry" in m and "zeros" in m for m in rec.messages)
+    rec_he = Recorder()
+    train(load_config(CONFIGS / "mlp.yaml", ["train.epochs=1"]), out=tmp_path / "h",
+          reporter=rec_he)
+    assert not any("symmetry" in m for m in rec_he.messages)
