@@ -358,15 +358,21 @@ def load_config(path: str | Path | dict | Config,
     if isinstance(path, dict):
         return config_from_dict(path, overrides)
     p = Path(path)
+    return config_from_dict(read_yaml_file(p, "config", "configs/mlp.yaml"), overrides, str(p))
+
+
+def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
+    """Safe-load a YAML file; a missing or unreadable one is a ConfigError saying which."""
+    p = Path(path)
     if not p.is_file():
         hint = " (it is a directory)" if p.is_dir() else ""
-        raise ConfigError(f"{p}: config file not found{hint}. Give the path to a YAML file, "
-                          "e.g. configs/mlp.yaml.")
+        raise ConfigError(f"{p}: {what} file not found{hint}. Give the path to a {what} YAML "
+                          f"file, e.g. {example}.")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read the config ({e}).") from None
-    return config_from_dict(parse_yaml(text, str(p)), overrides, str(p))
+        raise ConfigError(f"{p}: cannot read the {what} file ({e}).") from None
+    return parse_yaml(text, str(p))
 
 
 def dump_config(cfg: Config) -> str:

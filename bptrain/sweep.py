@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bptrain.config import (Config, _suggest, config_from_dict, dump_config, load_config,
-                            parse_yaml)
+                            read_yaml_file)
 from bptrain.errors import (BptrainError, ConfigError, DivergenceError, EXIT_FAILED,
                             EXIT_INTERRUPTED)
 
@@ -118,15 +118,7 @@ class Trial:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and strictly validate a sweep file."""
     p = Path(path)
-    if not p.is_file():
-        hint = " (it is a directory)" if p.is_dir() else ""
-        raise ConfigError(f"{p}: sweep file not found{hint}. Give the path to a sweep YAML, "
-                          "e.g. configs/sweep-digits.yaml.")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read the sweep file ({e}).") from None
-    return sweep_from_dict(parse_yaml(text, str(p)), p)
+    return sweep_from_dict(read_yaml_file(p, "sweep", "configs/sweep-digits.yaml"), p)
 
 
 def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
