@@ -292,6 +292,11 @@ def _check_combinations(cfg: Config) -> None:
         affines = [i for i, l in enumerate(cfg.model.layers) if l.type == "affine"]
         if not affines:
             raise ConfigError("model.layers: needs at least one affine layer.")
+        last = len(cfg.model.layers) - 1
+        if affines[-1] != last and any(l.type != "dropout" for l in cfg.model.layers[affines[-1]:]):
+            raise ConfigError(f"model.layers[{last}]: the network must end with an affine "
+                              "layer, whose outputs are the scores the loss reads; remove the "
+                              f"'{cfg.model.layers[last].type}' after it.")
         for i in affines[:-1]:
             if cfg.model.layers[i].units is None:
                 raise ConfigError(f"model.layers[{i}].units: hidden affine layers need "

@@ -183,10 +183,10 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunRecord:
             summary = None
     history = _read_jsonl(run_dir / "metrics.jsonl")
     if summary and summary.get("finished"):
-        date = str(summary["finished"]).replace("T", " ")[:16]
+        date = str(summary["finished"]).replace("T", " ")[:19]
     else:
         stamps = [p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()]
-        date = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(stamps)))
+        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(stamps)))
     train_cfg = config.get("train") or {}
     total = None if train_cfg.get("iterations") else train_cfg.get("epochs")
     return RunRecord(run_dir, name or str(run_dir), config, summary, history, date,

@@ -21,6 +21,7 @@ Every check returns a `SanityCheck` with pass/fail and one sentence on what it m
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -66,6 +67,9 @@ def _no_reg(cfg: Config) -> list[str]:
     out = ["regularization.type=none"]
     if cfg.model.layers is None:
         out.append("model.dropout=0")
+    else:  # explicit layers: drop the dropout layers (JSON is YAML flow syntax)
+        kept = [asdict(l) for l in cfg.model.layers if l.type != "dropout"]
+        out.append(f"model.layers={json.dumps(kept)}")
     return out
 
 

@@ -395,7 +395,10 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         summary = {"name": self.cfg.name, "config": str(self.cfg.source_path or ""),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   "steps": self.step, "epochs": self.epoch, "seconds": round(elapsed, 3),
+                   # epochs begun, like the epoch numbers in metrics.jsonl (the last may be
+                   # partial when train.iterations ends mid-epoch)
+                   "steps": self.step, "epochs": math.ceil(self.step / self.steps_per_epoch),
+                   "seconds": round(elapsed, 3),
                    "num_params": self.model.num_params, "final": last, "best": self.best,
                    "warnings": warnings_summary(self.history, self.cfg.optimizer.lr)}
         save_json(self.run_dir / "summary.json", summary)

@@ -1,0 +1,37 @@
+"""Regression tests for bugs found in review."""
+import pytest
+
+from bptrain.config import load_config
+from bptrain.sanity import _no_reg
+
+
+def test_sanity_drops_dropout_layers_of_an_explicit_layer_list():
+    # README: the overfit check runs with "no regularization or dropout". The shorthand's
+    # model.dropout was zeroed, but dropout layers in model.layers stayed in.
+    cfg = load_config({"model": {"layers": [
+        {"type": "affine", "units": 8}, {"type": "relu"}, {"type": "dropout", "p": 0.9},
+        {"type": "affine"}]}})
+    variant = load_config(cfg, _no_reg(cfg))
+    assert [l.type for l in variant.model.layers] == ["affine", "relu", "affine"]
+    assert variant.model.layers[0].units == 8
+    assert variant.regularization.type == "none"
+
+
+def test_an_activation_after_the_output_layer_is_a_config_error():
+    from bptrain.config import load_config
+    from bptrain.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"model.layers\[1\].*end with an affine"):
+        load_config({"model": {"layers": [{"type": "affine"}, {"type": "relu"}]}})
+    # a trailing dropout is odd but harmless, and a plain affine ending is fine
+    load_config({"model": {"layers": [{"type": "affine", "units": 5}, {"type": "relu"},
+                                      {"type": "affine"}]}})
+
+
+def test_summary_epochs_count_a_partial_last_epoch(tmp_path):
+    from pathlib import Path
+    from bptrain.config import load_config
+    from bptrain.trainer import train
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mlp.yaml",
+                      ["train.iterations=30"])  # 23 steps per epoch: 1 full + 7 of the next
+    result = train(cfg, out=tmp_path / "r")
+    assert result.summary["epochs"] == 2 == result.history[-1]["epoch"]
