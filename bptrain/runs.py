@@ -35,8 +35,13 @@ def load_run(run_dir: str | Path, weights: str = "model") -> tuple[Config, Model
     model = build_for_data(cfg, data)
     path = run_dir / f"{weights}.npz"
     if not path.is_file():
-        raise DataError(f"{path}: not found; the run has not finished (try --weights best, "
-                        "or resume it with bptrain run --resume).")
+        if weights == "model" and (run_dir / "best.npz").is_file():
+            hint = ("the run has not finished: evaluate its best weights so far with "
+                    "--weights best, or finish it with bptrain run --resume " + str(run_dir))
+        else:
+            hint = ("the run saved no weights of that kind (it stopped before its first "
+                    "evaluation, e.g. it diverged at once); start it again with bptrain run")
+        raise DataError(f"{path}: not found; {hint}.")
     arrays = load_npz_safely(path)
     for name in model.params:
         if name not in arrays:

@@ -64,7 +64,7 @@ def _variant(cfg: Config, overrides: list[str]) -> Config:
 
 
 def _no_reg(cfg: Config) -> list[str]:
-    out = ["regularization.type=none"]
+    out = ["regularization.type=none", "optimizer.weight_decay=0"]  # adamw decays by default
     if cfg.model.layers is None:
         out.append("model.dropout=0")
     else:  # explicit layers: drop the dropout layers (JSON is YAML flow syntax)

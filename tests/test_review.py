@@ -35,3 +35,26 @@ def test_summary_epochs_count_a_partial_last_epoch(tmp_path):
                       ["train.iterations=30"])  # 23 steps per epoch: 1 full + 7 of the next
     result = train(cfg, out=tmp_path / "r")
     assert result.summary["epochs"] == 2 == result.history[-1]["epoch"]
+
+
+def test_sanity_runs_without_optimizer_weight_decay():
+    cfg = load_config({"optimizer": {"type": "adamw", "lr": 1e-3}})
+    assert cfg.optimizer.weight_decay == 0.01
+    assert load_config(cfg, _no_reg(cfg)).optimizer.weight_decay == 0.0
+
+
+def test_eval_hint_matches_what_the_run_saved(tmp_path):
+    from pathlib import Path
+    from bptrain.errors import DataError
+    from bptrain.runs import load_run
+    from bptrain.trainer import train
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mlp.yaml",
+                      ["train.epochs=1"])
+    run = train(cfg, out=tmp_path / "r").run_dir
+    (run / "model.npz").unlink()  # as if stopped before the end: best.npz exists
+    with pytest.raises(DataError, match="--weights best"):
+        load_run(run)
+    (run / "best.npz").unlink()   # as if diverged before the first evaluation
+    with pytest.raises(DataError, match="saved no weights") as e:
+        load_run(run)
+    assert "--weights best" not in str(e.value)
