@@ -60,9 +60,9 @@ def init_weights(w: dict, dtype: str, seed: int = 1):
 
 # ---- bptrain ------------------------------------------------------------------------------
 def bptrain_stepper(w: dict, dtype: str):
-    from bptrain.config import load_config
-    from bptrain.data import Dataset
-    from bptrain.trainer import Trainer
+    from bptrain.net.config import load_config
+    from bptrain.net.data import Dataset
+    from bptrain.training.trainer import Trainer
     X, y = make_data(w, dtype)
     cfg = load_config({
         "name": "bench", "data": {"source": "regression" if w["loss"] == "mse" else "npz",

@@ -14,13 +14,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Gate": "bptrain.graph", "Graph": "bptrain.graph", "Node": "bptrain.graph",
-    "gates": "bptrain.gates",
-    "check_gate": "bptrain.gradcheck", "check_graph": "bptrain.gradcheck",
-    "load_config": "bptrain.config",
-    "build_model": "bptrain.model", "Model": "bptrain.model",
-    "load_dataset": "bptrain.data",
-    "train": "bptrain.trainer",
+    "Gate": "bptrain.engine.graph", "Graph": "bptrain.engine.graph", "Node": "bptrain.engine.graph",
+    "gates": "bptrain.engine.gates",
+    "check_gate": "bptrain.engine.gradcheck", "check_graph": "bptrain.engine.gradcheck",
+    "load_config": "bptrain.net.config",
+    "build_model": "bptrain.net.model", "Model": "bptrain.net.model",
+    "load_dataset": "bptrain.net.data",
+    "train": "bptrain.training.trainer",
     "BptrainError": "bptrain.errors", "ConfigError": "bptrain.errors",
     "DataError": "bptrain.errors",
 }

@@ -1,3 +1,3 @@
-from bptrain.cli import main
+from bptrain.app.cli import main
 
 main()

@@ -17,7 +17,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from bptrain.graph import Gate  # noqa: E402
+from bptrain.engine.graph import Gate  # noqa: E402
 
 GATE_TOL = 1e-7  # max relative error every gate must meet in float64
 

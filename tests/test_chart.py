@@ -1,4 +1,4 @@
-"""Tests of bptrain.chart, the braille terminal line chart.
+"""Tests of bptrain.app.chart, the braille terminal line chart.
 
 Layout of `chart_lines(...)` (and of the plain text of `line_chart(...)`), top to bottom:
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bptrain.chart import Series, chart_lines, format_number, line_chart
+from bptrain.app.chart import Series, chart_lines, format_number, line_chart
 
 ROOT = Path(__file__).resolve().parent.parent
 BLANK = (" ", "\u2800")
@@ -317,7 +317,7 @@ def test_numpy_arrays_are_accepted():
 
 
 def test_module_does_not_import_numpy():
-    code = "import sys, bptrain.chart; assert 'numpy' not in sys.modules, 'numpy imported'"
+    code = "import sys, bptrain.app.chart; assert 'numpy' not in sys.modules, 'numpy imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

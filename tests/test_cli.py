@@ -13,9 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bptrain.cli import app
-from bptrain.config import load_config
-from bptrain.runs import evaluate_run
+from bptrain.app.cli import app
+from bptrain.net.config import load_config
+from bptrain.training.runs import evaluate_run
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs" / "mlp.yaml")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bptrain.cli import app
-from bptrain.config import load_config
-from bptrain.runs import differing_settings, flatten, list_runs, read_run, run_labels
-from bptrain.trainer import train
+from bptrain.app.cli import app
+from bptrain.net.config import load_config
+from bptrain.training.runs import differing_settings, flatten, list_runs, read_run, run_labels
+from bptrain.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs" / "mlp.yaml")

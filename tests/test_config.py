@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bptrain.config import Config, apply_override, dump_config, load_config
+from bptrain.net.config import Config, apply_override, dump_config, load_config
 from bptrain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

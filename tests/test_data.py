@@ -1,4 +1,4 @@
-"""bptrain.data: the shipped digits, the synthetic sources, every file loader and every DataError.
+"""bptrain.net.data: the shipped digits, the synthetic sources, every file loader and every DataError.
 
 Each file format is exercised on tiny files written here into tmp_path, in that format.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptrain.data import (Dataset, apply_standardization, feature_stats, load_dataset,
+from bptrain.net.data import (Dataset, apply_standardization, feature_stats, load_dataset,
                           load_npz_safely)
 from bptrain.errors import DataError
 
@@ -90,7 +90,7 @@ def test_feature_stats_constant_column_is_exact():
 
 
 def test_import_uses_only_numpy_and_stdlib():
-    code = ("import sys; before = set(sys.modules); import bptrain.data; "
+    code = ("import sys; before = set(sys.modules); import bptrain.net.data; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new - set(sys.stdlib_module_names) - {'numpy', 'bptrain'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bptrain.cli import app
-from bptrain.config import load_config
-from bptrain.diagnostics import Diagnostics, layers_of
-from bptrain.trainer import Trainer, build_for_data, load_data, train
+from bptrain.app.cli import app
+from bptrain.net.config import load_config
+from bptrain.training.diagnostics import Diagnostics, layers_of
+from bptrain.training.trainer import Trainer, build_for_data, load_data, train
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "configs" / "mlp.yaml"
@@ -106,7 +106,7 @@ def test_numbers_are_those_of_the_last_step(tmp_path, reg):
 def test_layers_pair_each_affine_with_its_activation():
     cfg = load_config(MLP, ["model.hidden=[8,6]", "model.activation=tanh",
                             "model.dropout=0.5"])
-    from bptrain.model import build_model
+    from bptrain.net.model import build_model
     layers = layers_of(build_model(cfg, 4, 3))
     assert [(l.name, l.activation, l.hidden) for l in layers] == [
         ("fc1", "tanh", True), ("fc2", "tanh", True), ("scores", None, False)]

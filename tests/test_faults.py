@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptrain.config import ACTIVATIONS, LOSSES
-from bptrain.data import load_npz_safely
+from bptrain.net.config import ACTIVATIONS, LOSSES
+from bptrain.net.data import load_npz_safely
 from bptrain.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,11 +109,11 @@ PWNED_YAML = 'name: x\nseed: !!python/object/apply:os.system ["touch PWNED"]\n'
 # and exit status, and executes the `bptrain` package's __main__ exactly as `python -m bptrain`
 # does; an uncaught exception is printed and exits 1, as the interpreter does. A subset of the
 # cases (REAL) also runs in a fresh interpreter, and must produce the same code and message.
-import bptrain.cli  # noqa: E402,F401  (what the commands import lazily, loaded once before forking)
-import bptrain.report  # noqa: E402,F401
-import bptrain.runs  # noqa: E402,F401
-import bptrain.trace  # noqa: E402,F401
-import bptrain.trainer  # noqa: E402,F401
+import bptrain.app.cli  # noqa: E402,F401  (what the commands import lazily, loaded once before forking)
+import bptrain.app.report  # noqa: E402,F401
+import bptrain.training.runs  # noqa: E402,F401
+import bptrain.app.trace  # noqa: E402,F401
+import bptrain.training.trainer  # noqa: E402,F401
 
 
 def _child_main(args: list[str], cwd: Path, out_fd: int, err_fd: int) -> None:
@@ -227,7 +227,7 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
 
 
 def _short_mlp():
-    from bptrain.config import load_config
+    from bptrain.net.config import load_config
     return load_config(MLP, ["train.epochs=1"])
 
 
@@ -305,14 +305,14 @@ def _warm_up(base: Path) -> None:
     runner = CliRunner()
     for args in (["run", str(base / "none.yaml")], ["trace", "x +"],
                  ["eval", str(base / "none")]):
-        runner.invoke(bptrain.cli.app, args)
+        runner.invoke(bptrain.app.cli.app, args)
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
     """Every case's result: {id: (CompletedProcess, its folder)}; REAL ones also as
     {"real:" + id: ...}."""
-    from bptrain.trainer import train
+    from bptrain.training.trainer import train
     base = tmp_path_factory.mktemp("faults")
     run = base / "finished-run"
     train(_short_mlp(), out=run)  # one short real run, for the eval cases
@@ -395,8 +395,8 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(cases):
 
 # ---- 6. atomic writes ---------------------------------------------------------------------
 def test_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    from bptrain import trainer as train_module
-    from bptrain.trainer import Trainer
+    from bptrain.training import trainer as train_module
+    from bptrain.training.trainer import Trainer
 
     cfg = _short_mlp()
     trainer = Trainer(cfg, tmp_path)
@@ -430,7 +430,7 @@ def test_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path, 
 
 
 def test_failed_json_write_leaves_the_previous_summary_whole(tmp_path, monkeypatch):
-    from bptrain.trainer import atomic_write_bytes, save_json
+    from bptrain.training.trainer import atomic_write_bytes, save_json
 
     path = tmp_path / "summary.json"
     save_json(path, {"steps": 1})

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from hypothesis import example, given, strategies as st
 
-import bptrain.cli
-from bptrain import config as config_module
-from bptrain.config import (ACTIVATIONS, LOSSES, Config, ConfigError, apply_override,
+import bptrain.app.cli
+from bptrain.net import config as config_module
+from bptrain.net.config import (ACTIVATIONS, LOSSES, Config, ConfigError, apply_override,
                             config_from_dict, dump_config, load_config, parse_yaml)
 from conftest import hsettings
 
@@ -227,7 +227,7 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def existing_run(tmp_path_factory):
     """A finished run from a short real training, and the fingerprint of its folder."""
-    from bptrain.trainer import train
+    from bptrain.training.trainer import train
     parent = tmp_path_factory.mktemp("fuzz-runs")
     run = parent / "mlp"
     train(load_config(MLP, ["train.epochs=1"]), out=run)
@@ -242,7 +242,7 @@ def cli(args: list[str]):
     from typer.testing import CliRunner
     RUNNER = RUNNER or CliRunner()
     with no_hang(20):
-        result = RUNNER.invoke(bptrain.cli.app, args, env={"BPTRAIN_DEBUG": None,
+        result = RUNNER.invoke(bptrain.app.cli.app, args, env={"BPTRAIN_DEBUG": None,
                                                            "COLUMNS": "200"})
     assert result.exception is None or isinstance(result.exception, SystemExit), \
         repr(result.exception)

@@ -1,7 +1,7 @@
 """Every gate of the library: forward values against independent NumPy formulas, and backward
 against centered differences (check_gate, max relative error < 1e-7, float64, away from kinks).
 
-Each gate name of `bptrain.gates.__all__` must appear in one of the tables below;
+Each gate name of `bptrain.engine.gates.__all__` must appear in one of the tables below;
 `test_every_gate_is_covered` fails for a new gate without a test.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bptrain import gates as G
-from bptrain.gradcheck import check_gate
-from bptrain.graph import Graph
+from bptrain.engine import gates as G
+from bptrain.engine.gradcheck import check_gate
+from bptrain.engine.graph import Graph
 from conftest import assert_gate_passes, away_from_zero, hsettings, sigmoid_ref
 
 SEEDS = st.integers(0, 2**32 - 1)

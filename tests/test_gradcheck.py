@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from bptrain import gates as G
-from bptrain.gradcheck import (ABS_FLOOR, H, CheckResult, check_gate, check_graph,
+from bptrain.engine import gates as G
+from bptrain.engine.gradcheck import (ABS_FLOOR, H, CheckResult, check_gate, check_graph,
                                numerical_gradient, relative_error, sample_indices, summarize)
-from bptrain.graph import Gate, Graph
+from bptrain.engine.graph import Gate, Graph
 from conftest import assert_gate_passes, away_from_zero, sigmoid_ref
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import bptrain.gradcheck as gc
-from bptrain import gates as G
-from bptrain.cli import app
-from bptrain.gradcheck import check_gate
+import bptrain.engine.gradcheck as gc
+from bptrain.engine import gates as G
+from bptrain.app.cli import app
+from bptrain.engine.gradcheck import check_gate
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -138,7 +138,7 @@ def test_float32_config_is_checked_in_float64(tmp_path, monkeypatch):
     assert "dtype: float64" in text
     cfg = tmp_path / "mlp32.yaml"
     cfg.write_text(text.replace("dtype: float64", "dtype: float32"))
-    from bptrain.config import load_config
+    from bptrain.net.config import load_config
     assert load_config(cfg).train.dtype == "float32"  # the config really asks for float32
 
     seen = []

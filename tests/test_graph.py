@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bptrain import gates as G
-from bptrain.gradcheck import check_graph
-from bptrain.graph import Graph, Node, unbroadcast
+from bptrain.engine import gates as G
+from bptrain.engine.gradcheck import check_graph
+from bptrain.engine.graph import Graph, Node, unbroadcast
 from conftest import Counting, hsettings, sigmoid_ref
 
 EXACT = 1e-12

@@ -8,11 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
-from bptrain.config import load_config
+from bptrain.net.config import load_config
 from bptrain.errors import ConfigError
-from bptrain.gradcheck import check_graph
-from bptrain.model import build_model
-from bptrain.optim import Optimizer
+from bptrain.engine.gradcheck import check_graph
+from bptrain.net.model import build_model
+from bptrain.net.optim import Optimizer
 
 D, HIDDEN, C, N = 5, [7, 6], 3, 8
 ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh", "elu"]

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bptrain.config import load_config
-from bptrain.optim import Optimizer, clip_global_norm, learning_rate
+from bptrain.net.config import load_config
+from bptrain.net.optim import Optimizer, clip_global_norm, learning_rate
 
 TOL = 1e-12
 LRS = [0.1, 0.05, 0.02]          # a different learning rate at each of the 3 steps

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from bptrain.config import load_config
-from bptrain.plot import save_loss_curves
-from bptrain.trainer import train
+from bptrain.net.config import load_config
+from bptrain.app.plot import save_loss_curves
+from bptrain.training.trainer import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptrain.data import load_npz_safely
+from bptrain.net.data import load_npz_safely
 from test_faults import MLP, Child
 
 EPOCHS = 30                       # 23 steps an epoch on digits: about a second of training
@@ -212,8 +212,8 @@ class _SignalAt:
 
 @pytest.fixture(scope="module")
 def short_reference(tmp_path_factory):
-    from bptrain.config import load_config
-    from bptrain.trainer import train
+    from bptrain.net.config import load_config
+    from bptrain.training.trainer import train
     cfg = load_config(MLP, ["train.epochs=3"])
     run = tmp_path_factory.mktemp("short") / "ref"
     train(cfg, out=run)
@@ -224,7 +224,7 @@ def short_reference(tmp_path_factory):
 # evaluation reads), 24 the first of the next, 68 the last but one.
 @pytest.mark.parametrize("at", [1, 22, 23, 24, 46, 68])
 def test_interrupt_at_any_step_resumes_bit_identically(short_reference, tmp_path, at):
-    from bptrain.trainer import Interrupted, train
+    from bptrain.training.trainer import Interrupted, train
     cfg, ref = short_reference
     run = tmp_path / "run"
     with pytest.raises(Interrupted) as info:
@@ -239,7 +239,7 @@ def test_interrupt_at_any_step_resumes_bit_identically(short_reference, tmp_path
 
 
 def test_resume_of_a_finished_run_changes_nothing(short_reference, tmp_path):
-    from bptrain.trainer import train
+    from bptrain.training.trainer import train
     _, ref = short_reference
     run = tmp_path / "copy"
     shutil.copytree(ref, run)
@@ -251,7 +251,7 @@ def test_resume_of_a_finished_run_changes_nothing(short_reference, tmp_path):
 
 def test_resume_refuses_a_foreign_checkpoint_with_a_clear_error(short_reference, tmp_path):
     from bptrain.errors import BptrainError
-    from bptrain.trainer import train
+    from bptrain.training.trainer import train
     _, ref = short_reference
     run = tmp_path / "copy"
     shutil.copytree(ref, run)

@@ -1,8 +1,8 @@
 """Regression tests for bugs found in review."""
 import pytest
 
-from bptrain.config import load_config
-from bptrain.sanity import _no_reg
+from bptrain.net.config import load_config
+from bptrain.training.sanity import _no_reg
 
 
 def test_sanity_drops_dropout_layers_of_an_explicit_layer_list():
@@ -18,7 +18,7 @@ def test_sanity_drops_dropout_layers_of_an_explicit_layer_list():
 
 
 def test_an_activation_after_the_output_layer_is_a_config_error():
-    from bptrain.config import load_config
+    from bptrain.net.config import load_config
     from bptrain.errors import ConfigError
     with pytest.raises(ConfigError, match=r"model.layers\[1\].*end with an affine"):
         load_config({"model": {"layers": [{"type": "affine"}, {"type": "relu"}]}})
@@ -29,8 +29,8 @@ def test_an_activation_after_the_output_layer_is_a_config_error():
 
 def test_summary_epochs_count_a_partial_last_epoch(tmp_path):
     from pathlib import Path
-    from bptrain.config import load_config
-    from bptrain.trainer import train
+    from bptrain.net.config import load_config
+    from bptrain.training.trainer import train
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mlp.yaml",
                       ["train.iterations=30"])  # 23 steps per epoch: 1 full + 7 of the next
     result = train(cfg, out=tmp_path / "r")
@@ -46,8 +46,8 @@ def test_sanity_runs_without_optimizer_weight_decay():
 def test_eval_hint_matches_what_the_run_saved(tmp_path):
     from pathlib import Path
     from bptrain.errors import DataError
-    from bptrain.runs import load_run
-    from bptrain.trainer import train
+    from bptrain.training.runs import load_run
+    from bptrain.training.trainer import train
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mlp.yaml",
                       ["train.epochs=1"])
     run = train(cfg, out=tmp_path / "r").run_dir

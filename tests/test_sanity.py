@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bptrain.cli import app
-from bptrain.config import load_config
-from bptrain.sanity import (check_initial_loss, check_overfit, check_regularization,
+from bptrain.app.cli import app
+from bptrain.net.config import load_config
+from bptrain.training.sanity import (check_initial_loss, check_overfit, check_regularization,
                             run_sanity)
-from bptrain.trainer import load_data
+from bptrain.training.trainer import load_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs" / "mlp.yaml")

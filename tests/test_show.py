@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bptrain.cli import app
+from bptrain.app.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 # Training configs; sweep files (sweep-*.yaml) describe searches, not networks.

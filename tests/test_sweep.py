@@ -13,11 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bptrain.cli import app
-from bptrain.config import load_config
+from bptrain.app.cli import app
+from bptrain.net.config import load_config
 from bptrain.errors import ConfigError
-from bptrain.report import SweepReporter, make_console
-from bptrain.sweep import (SweepFailed, expand, load_sweep, plan, run_sweep, sweep_from_dict,
+from bptrain.app.report import SweepReporter, make_console
+from bptrain.training.sweep import (SweepFailed, expand, load_sweep, plan, run_sweep, sweep_from_dict,
                            trial_id)
 
 BASE = {"data": {"source": "digits"}, "model": {"hidden": [8]},

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bptrain.cli import app
+from bptrain.app.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE": None,

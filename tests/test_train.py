@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptrain.config import load_config
+from bptrain.net.config import load_config
 from bptrain.errors import ConfigError
-from bptrain.runs import evaluate_run, load_run
-from bptrain.trainer import SilentReporter, build_for_data, load_data, train
+from bptrain.training.runs import evaluate_run, load_run
+from bptrain.training.trainer import SilentReporter, build_for_data, load_data, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -330,7 +330,7 @@ def test_float32_run_saves_float32(tmp_path):
 
 
 def test_zeros_init_warns_at_start_that_symmetry_is_never_broken(tmp_path):
-    from bptrain.trainer import train
+    from bptrain.training.trainer import train
 
     class Recorder(SilentReporter):
         def __init__(self):

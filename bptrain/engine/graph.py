@@ -175,7 +175,7 @@ class Node:
 
 
 def _gate(gate_name: str, **settings: Any) -> Gate:
-    from bptrain import gates  # lazily: the gate library imports this module
+    from bptrain.engine import gates  # lazily: the gate library imports this module
     return getattr(gates, gate_name)(**settings)
 
 

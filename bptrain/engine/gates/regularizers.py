@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptrain.graph import Gate
+from bptrain.engine.graph import Gate
 
 
 class L2(Gate):

@@ -27,7 +27,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
 def _fail(exc: BaseException) -> None:
     """Print a BptrainError as one paragraph and exit with its code (traceback with --debug)."""
     from bptrain.errors import EXIT_INTERRUPTED, BptrainError
-    from bptrain.report import error, make_console
+    from bptrain.app.report import error, make_console
     if _state["debug"]:
         raise exc
     if isinstance(exc, MemoryError):
@@ -53,9 +53,9 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
     """Train the network a config declares; outputs land in runs/<name>/."""
     from bptrain.errors import BptrainError, EXIT_USAGE
     try:
-        from bptrain.config import dump_config, load_config
-        from bptrain.report import RichReporter
-        from bptrain.trainer import train
+        from bptrain.net.config import dump_config, load_config
+        from bptrain.app.report import RichReporter
+        from bptrain.training.trainer import train
         if resume is None and config is None:
             raise BptrainError("give a config to train (bptrain run configs/mlp.yaml) or a run "
                                "to continue (bptrain run --resume runs/NAME).")
@@ -69,7 +69,7 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
             typer.echo(dump_config(cfg), nl=False)
             return
         if diagnostics:
-            from bptrain.report import DiagnosticsReporter as RichReporter  # noqa: F811
+            from bptrain.app.report import DiagnosticsReporter as RichReporter  # noqa: F811
         reporter = RichReporter(quiet=quiet)
         try:
             train(cfg, out=out, reporter=reporter, resume=resume)
@@ -87,8 +87,8 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/m
     """Reload a run and report loss, accuracy and a confusion matrix."""
     from bptrain.errors import BptrainError
     try:
-        from bptrain.report import confusion_table, fmt, make_console, pct
-        from bptrain.runs import evaluate_run
+        from bptrain.app.report import confusion_table, fmt, make_console, pct
+        from bptrain.training.runs import evaluate_run
         if weights not in ("model", "best"):
             raise BptrainError(f"--weights: choose model or best, not {weights!r}.")
         ev = evaluate_run(run_dir, str(data) if data else None, weights)
@@ -115,14 +115,14 @@ def gradcheck(config: Optional[Path] = typer.Argument(None, help="Check this con
     from bptrain.errors import BptrainError, EXIT_FAILED
     try:
         import json
-        from bptrain import gradcheck as gc
-        from bptrain.report import gradcheck_table, gradcheck_verdict, make_console
+        from bptrain.engine import gradcheck as gc
+        from bptrain.app.report import gradcheck_table, gradcheck_verdict, make_console
         sections = []
         if gate is not None:
             cls = gc.load_gate_class(gate)
             sections.append((f"gate {cls.__name__}", gc.check_user_gate(cls, seed, h)))
         if config is not None or set_:
-            from bptrain.config import load_config
+            from bptrain.net.config import load_config
             cfg = load_config(config if config is not None else {}, set_)
             label = str(config) if config is not None else "default config"
             sections.append((f"network of {label} (float64)",
@@ -160,8 +160,8 @@ def trace(expression: str = typer.Argument(..., help='A scalar expression, e.g. 
     from bptrain.errors import BptrainError
     try:
         import json
-        from bptrain.report import make_console, trace_report
-        from bptrain.trace import parse_assignments, trace as run_trace
+        from bptrain.app.report import make_console, trace_report
+        from bptrain.app.trace import parse_assignments, trace as run_trace
         result = run_trace(expression, parse_assignments(values or []), check=check)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=1))
@@ -181,9 +181,9 @@ def show(config: Path = typer.Argument(..., help="The YAML config whose graph to
     """Show the graph of gates a config builds: shapes, parameters, fan-out, costs."""
     from bptrain.errors import BptrainError
     try:
-        from bptrain.config import load_config
-        from bptrain.report import graph_table, make_console
-        from bptrain.show import show_config, to_dot
+        from bptrain.net.config import load_config
+        from bptrain.app.report import graph_table, make_console
+        from bptrain.net.summary import show_config, to_dot
         if fmt not in ("table", "dot"):
             raise BptrainError(f"--format: choose table or dot, not {fmt!r}.")
         cfg = load_config(config, set_)
@@ -208,8 +208,8 @@ def sweep(sweep_file: Path = typer.Argument(..., help="The sweep YAML: a base co
     """Tune hyperparameters: train every trial of a sweep in parallel, rank them by a metric."""
     from bptrain.errors import BptrainError
     try:
-        from bptrain.report import make_console
-        from bptrain.sweep import load_sweep, plan, run_sweep
+        from bptrain.app.report import make_console
+        from bptrain.training.sweep import load_sweep, plan, run_sweep
         if backend not in ("local", "ray"):
             raise BptrainError(f"--backend: choose local or ray, not {backend!r}.")
         if address and backend != "ray":
@@ -232,8 +232,8 @@ def runs(dir_: Path = typer.Option(Path("runs"), "--dir", help="The folder holdi
     from bptrain.errors import BptrainError
     try:
         import json
-        from bptrain.report import make_console, runs_table
-        from bptrain.runs import list_runs
+        from bptrain.app.report import make_console, runs_table
+        from bptrain.training.runs import list_runs
         found = list_runs(dir_)
         if as_json:
             typer.echo(json.dumps([{"run": r.name, "path": str(r.path), "date": r.date,
@@ -251,8 +251,8 @@ def compare(run_dirs: List[Path] = typer.Argument(..., help="Two or more run dir
     """Put runs side by side: settings that differ, final and best metrics, loss curves."""
     from bptrain.errors import BptrainError
     try:
-        from bptrain.report import compare_report, make_console
-        from bptrain.runs import read_run, run_labels
+        from bptrain.app.report import compare_report, make_console
+        from bptrain.training.runs import read_run, run_labels
         if len(run_dirs) < 2:
             raise BptrainError("compare needs two or more run directories, e.g. bptrain compare "
                                "runs/mlp runs/mlp-2 (bptrain runs lists them).")
@@ -277,9 +277,9 @@ def sanity(config: Path = typer.Argument(..., help="The YAML config to check bef
     from bptrain.errors import BptrainError, EXIT_FAILED
     try:
         import json
-        from bptrain.config import load_config
-        from bptrain.report import make_console, sanity_report
-        from bptrain.sanity import run_sanity
+        from bptrain.net.config import load_config
+        from bptrain.app.report import make_console, sanity_report
+        from bptrain.training.sanity import run_sanity
         cfg = load_config(config, set_)
         checks = run_sanity(cfg, samples=samples, max_steps=steps)
         if as_json:

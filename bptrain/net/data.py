@@ -253,12 +253,12 @@ def _load_npz_dataset(path: Path) -> tuple:
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     """The shipped 8x8 digits: X (1797, 64) uint8 in 0..16, y (1797,) uint8. See DIGITS.md."""
-    resource = importlib.resources.files("bptrain").joinpath("datasets", "digits.npz")
+    resource = importlib.resources.files("bptrain.net").joinpath("datasets", "digits.npz")
     try:
         with resource.open("rb") as f, np.load(f, allow_pickle=False) as archive:
             return archive["X"], archive["y"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"bptrain/datasets/digits.npz: the shipped digits dataset cannot be read "
+        raise DataError(f"bptrain/net/datasets/digits.npz: the shipped digits dataset cannot be read "
                         f"({e}); reinstall bptrain.") from None
 
 

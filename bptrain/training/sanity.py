@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from bptrain.config import Config, load_config
-from bptrain.data import Dataset
-from bptrain.model import Model
-from bptrain.optim import Optimizer, clip_global_norm
-from bptrain.trainer import accuracy, build_for_data, load_data
+from bptrain.net.config import Config, load_config
+from bptrain.net.data import Dataset
+from bptrain.net.model import Model
+from bptrain.net.optim import Optimizer, clip_global_norm
+from bptrain.training.trainer import accuracy, build_for_data, load_data
 
 SMALL_STD = 1e-4        # "small weights" of check 1
 INIT_FACTOR = 3.0       # check 2 fails above this many times the expected initial loss

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from bptrain.config import OptimizerConfig, ScheduleConfig
+from bptrain.net.config import OptimizerConfig, ScheduleConfig
 
 
 class Optimizer:

@@ -12,7 +12,7 @@ A sweep file (YAML) names a base config and the axes to vary:
     metric: best.val_acc               # default; goal follows (maximize accuracies)
     seed: 0                            # drives random sampling only
 
-Every trial is a normal run (`bptrain.trainer.train`) in runs/<sweep>/<trial-id>/ with its own
+Every trial is a normal run (`bptrain.training.trainer.train`) in runs/<sweep>/<trial-id>/ with its own
 resolved config.yaml, so `bptrain run runs/<sweep>/<trial-id>/config.yaml` repeats it alone.
 `run_trial` is the one function both backends call for a trial: local worker processes
 (concurrent.futures with the spawn context) or Ray tasks. Results land in
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bptrain.config import (Config, _suggest, config_from_dict, dump_config, load_config,
+from bptrain.net.config import (Config, _suggest, config_from_dict, dump_config, load_config,
                             read_yaml_file)
 from bptrain.errors import (BptrainError, ConfigError, DivergenceError, EXIT_FAILED,
                             EXIT_INTERRUPTED)
@@ -464,7 +464,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
 
     job: id, config (a resolved config mapping), out (the run directory), metric, goal,
     resume (continue from the directory's checkpoint)."""
-    from bptrain.trainer import Interrupted, train
+    from bptrain.training.trainer import Interrupted, train
     out = Path(job["out"])
     rec = {"trial": job["id"], "status": "failed", "metric": None, "epoch": None,
            "seconds": None, "reason": None}
@@ -652,7 +652,7 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
         rows[t.id] = row
     sweep_dir.mkdir(parents=True, exist_ok=True)
     workers = min(workers, max(len(jobs), 1))
-    from bptrain.report import SweepReporter
+    from bptrain.app.report import SweepReporter
     reporter = reporter or SweepReporter()
     info = {"name": sweep.name, "dir": str(sweep_dir), "trials": len(trials),
             "to_run": len(jobs), "reused": sum(r["reused"] for r in rows.values()),
@@ -707,7 +707,7 @@ def _write_best(sweep: Sweep, trial: Trial, rec: dict[str, Any], sweep_dir: Path
             f"# {sweep.metric} = {rec['metric']} (epoch {rec['epoch']}; goal: {sweep.goal}); "
             f"its run: {sweep_dir / trial.id}/\n"
             f"# train it again: bptrain run {sweep_dir / 'best.yaml'}\n")
-    from bptrain.trainer import atomic_write_bytes
+    from bptrain.training.trainer import atomic_write_bytes
     atomic_write_bytes(sweep_dir / "best.yaml",
                        lambda f: f.write((head + dump_config(trial.config)).encode()))
 
@@ -719,7 +719,7 @@ class _State:
         self.rows, self.dir, self.reporter, self.total = rows, sweep_dir, reporter, total
 
     def save(self) -> None:
-        from bptrain.trainer import atomic_write_bytes
+        from bptrain.training.trainer import atomic_write_bytes
         lines = "".join(json.dumps(r) + "\n" for r in
                         sorted(self.rows.values(), key=lambda r: r["index"]))
         atomic_write_bytes(self.dir / "sweep.jsonl", lambda f: f.write(lines.encode()))

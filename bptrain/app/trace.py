@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from bptrain import gates as G
+from bptrain.engine import gates as G
 from bptrain.errors import BptrainError
-from bptrain.graph import Gate, Graph, Node
+from bptrain.engine.graph import Gate, Graph, Node
 
 FUNCTIONS = {"exp": (G.Exp, 1), "log": (G.Log, 1), "sigmoid": (G.Sigmoid, 1),
              "tanh": (G.Tanh, 1), "relu": (G.ReLU, 1), "abs": (G.Abs, 1),
@@ -242,7 +242,7 @@ def _record(expr: str, values: dict[str, float], graph: Graph, out: Node, builde
              for name, var in builder.variables.items()}
     result = Trace(expr, values, float(out.value), nodes, steps, copies, grads)
     if check:
-        from bptrain.gradcheck import numerical_gradient, relative_error
+        from bptrain.engine.gradcheck import numerical_gradient, relative_error
         kinked = [n.gate for n in order if n.gate is not None and n.gate.kinked]
         for name, var in builder.variables.items():
             holder = np.array(var.value, dtype=np.float64)

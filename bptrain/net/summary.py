@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from bptrain import gates as G
-from bptrain.config import Config
-from bptrain.model import Model
-from bptrain.trainer import build_for_data, load_data
+from bptrain.engine import gates as G
+from bptrain.net.config import Config
+from bptrain.net.model import Model
+from bptrain.training.trainer import build_for_data, load_data
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """The gate library. Every gate is a `Gate` subclass with forward and backward side by side."""
-from bptrain.gates.activations import ELU, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
-from bptrain.gates.arithmetic import (Abs, Add, Divide, Exp, Log, Maximum, Mean, Minimum,
+from bptrain.engine.gates.activations import ELU, Dropout, LeakyReLU, ReLU, Sigmoid, Tanh
+from bptrain.engine.gates.arithmetic import (Abs, Add, Divide, Exp, Log, Maximum, Mean, Minimum,
                                       Multiply, Negate, Power, Subtract, Sum)
-from bptrain.gates.linalg import Affine, BiasAdd, MatMul
-from bptrain.gates.losses import MSE, SoftmaxCrossEntropy, SVMHinge
-from bptrain.gates.regularizers import L1, L2
+from bptrain.engine.gates.linalg import Affine, BiasAdd, MatMul
+from bptrain.engine.gates.losses import MSE, SoftmaxCrossEntropy, SVMHinge
+from bptrain.engine.gates.regularizers import L1, L2
 
 __all__ = ["Abs", "Add", "Affine", "BiasAdd", "Divide", "Dropout", "ELU", "Exp", "L1", "L2",
            "LeakyReLU", "Log", "MSE", "MatMul", "Maximum", "Mean", "Minimum", "Multiply",

@@ -14,10 +14,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bptrain import gates as G
-from bptrain.config import Config, LayerConfig, load_config
+from bptrain.engine import gates as G
+from bptrain.net.config import Config, LayerConfig, load_config
 from bptrain.errors import ConfigError
-from bptrain.graph import Gate, Graph, Node
+from bptrain.engine.graph import Gate, Graph, Node
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bptrain.graph import Gate, Graph, Node, unbroadcast
+from bptrain.engine.graph import Gate, Graph, Node, unbroadcast
 
 H = 1e-5
 ABS_FLOOR = 1e-10   # |a - n| below this passes whatever the relative error
@@ -233,7 +233,7 @@ def _away_from_zero(rng: np.random.Generator, shape: tuple[int, ...], gap: float
 def library_cases(seed: int = 0) -> list[tuple[str, Gate, list[np.ndarray]]]:
     """Each library gate on random float64 inputs away from its kinks, on several shapes:
     0-d scalars, arrays, and broadcasting (a row, a column, a scalar against a matrix)."""
-    from bptrain import gates as G
+    from bptrain.engine import gates as G
     rng = np.random.default_rng(seed)
 
     def a(*shape: int) -> np.ndarray:
@@ -306,8 +306,8 @@ def check_config(cfg: Any, *, samples: int | None = 100, h: float = H, seed: int
                  batch: int = 16) -> list[CheckResult]:
     """A config's whole network (data loss + regularization), per parameter, in float64 on a
     small batch of its training data, whatever the config's dtype."""
-    from bptrain.config import load_config
-    from bptrain.trainer import build_for_data, load_data
+    from bptrain.net.config import load_config
+    from bptrain.training.trainer import build_for_data, load_data
     cfg = load_config(cfg, ["train.dtype=float64"])
     data = load_data(cfg)
     model = build_for_data(cfg, data)

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from bptrain.config import Config, load_config
-from bptrain.data import Dataset, load_dataset, load_npz_safely
+from bptrain.net.config import Config, load_config
+from bptrain.net.data import Dataset, load_dataset, load_npz_safely
 from bptrain.errors import DataError
-from bptrain.model import Model
-from bptrain.trainer import build_for_data, load_data
+from bptrain.net.model import Model
+from bptrain.training.trainer import build_for_data, load_data
 
 
 @dataclass
@@ -170,7 +170,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunRecord:
     import json
     import time
 
-    from bptrain.config import parse_yaml
+    from bptrain.net.config import parse_yaml
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():

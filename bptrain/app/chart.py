@@ -5,7 +5,7 @@ dots, so a 56x16-cell plot is a 112x64-dot canvas. Consecutive points of a serie
 with Bresenham line segments on that canvas. Stdlib + rich only (no NumPy import): x and y may
 be any sequences of numbers, NumPy arrays included.
 
-    from bptrain.chart import Series, chart_lines, line_chart
+    from bptrain.app.chart import Series, chart_lines, line_chart
     print("\\n".join(chart_lines([Series("train", [1, 2, 3], [3.0, 2.0, 1.5])])))
     console.print(line_chart([Series("train", x, tr), Series("val", x, va)], title="loss"))
 

@@ -24,12 +24,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bptrain.config import Config, dump_config, load_config
-from bptrain.data import Dataset, load_dataset
-from bptrain.diagnostics import Diagnostics, announcements, warnings_summary
+from bptrain.net.config import Config, dump_config, load_config
+from bptrain.net.data import Dataset, load_dataset
+from bptrain.training.diagnostics import Diagnostics, announcements, warnings_summary
 from bptrain.errors import BptrainError, ConfigError, DataError, DivergenceError, EXIT_INTERRUPTED
-from bptrain.model import Model, build_model
-from bptrain.optim import Optimizer, clip_global_norm, learning_rate
+from bptrain.net.model import Model, build_model
+from bptrain.net.optim import Optimizer, clip_global_norm, learning_rate
 
 
 class Interrupted(BptrainError):
@@ -402,7 +402,7 @@ class Trainer:
                    "num_params": self.model.num_params, "final": last, "best": self.best,
                    "warnings": warnings_summary(self.history, self.cfg.optimizer.lr)}
         save_json(self.run_dir / "summary.json", summary)
-        from bptrain.plot import save_loss_curves
+        from bptrain.app.plot import save_loss_curves
         save_loss_curves(self.run_dir / "curves.png", self.history, self.cfg.name)
         self.reporter.end(summary, self.history)
         return summary
@@ -450,7 +450,7 @@ def train(cfg: Config | dict | str, *, out: str | Path | None = None,
 
 
 def _resume(run_dir: Path, reporter: Reporter | None) -> RunResult:
-    from bptrain.data import load_npz_safely
+    from bptrain.net.data import load_npz_safely
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml). Give the folder "
                           "that `bptrain run` printed, e.g. runs/mlp.")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bptrain import gates as G
+from bptrain.engine import gates as G
 
 HEALTHY_RATIO = 1e-3      # CS231n: updates about a thousandth of the weights
 RATIO_HIGH = 1e-1         # above: the learning rate is probably too high

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
-from bptrain.chart import Series, line_chart
+from bptrain.app.chart import Series, line_chart
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -329,7 +329,7 @@ def short_reason(reason: str | None, width: int = 90) -> str:
 
 
 def _settings_cells(row: dict[str, Any], names: dict[str, str]) -> list[str]:
-    from bptrain.sweep import format_value
+    from bptrain.training.sweep import format_value
     return [format_value(row["settings"].get(k)) for k in names]
 
 
@@ -649,7 +649,7 @@ def _show_setting(v: Any) -> str:
 
 def compare_report(runs: Sequence[Any], labels: Sequence[str]) -> list[Any]:
     """`bptrain compare`: settings that differ, final and best metrics, overlaid loss curves."""
-    from bptrain.runs import differing_settings
+    from bptrain.training.runs import differing_settings
     out: list[Any] = []
     diff = differing_settings(list(runs))
     settings = Table(title="settings that differ", title_justify="left", show_edge=False,

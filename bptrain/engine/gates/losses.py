@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptrain.graph import Gate
+from bptrain.engine.graph import Gate
 
 
 class SoftmaxCrossEntropy(Gate):
