@@ -14,7 +14,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Gate": "bptrain.engine.graph", "Graph": "bptrain.engine.graph", "Node": "bptrain.engine.graph",
+    "Gate": "bptrain.engine.gate", "Setting": "bptrain.engine.gate",
+    "Graph": "bptrain.engine.graph", "Node": "bptrain.engine.graph",
     "gates": "bptrain.engine.gates",
     "check_gate": "bptrain.engine.gradcheck", "check_graph": "bptrain.engine.gradcheck",
     "load_config": "bptrain.net.config",

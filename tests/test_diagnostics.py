@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 from bptrain.app.cli import app
 from bptrain.net.config import load_config
 from bptrain.training.diagnostics import Diagnostics, layers_of
-from bptrain.training.trainer import Trainer, build_for_data, load_data, train
+from bptrain.net.data import load_data
+from bptrain.net.model import build_for_data
+from bptrain.training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = ROOT / "configs" / "mlp.yaml"

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptrain.net.config import ACTIVATIONS, LOSSES
+from bptrain.net.config import activations, losses
+ACTIVATIONS, LOSSES = activations(), losses()
 from bptrain.net.data import load_npz_safely
 from bptrain.errors import DataError
 
@@ -430,7 +431,7 @@ def test_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path, 
 
 
 def test_failed_json_write_leaves_the_previous_summary_whole(tmp_path, monkeypatch):
-    from bptrain.training.trainer import atomic_write_bytes, save_json
+    from bptrain.training.rundir import atomic_write_bytes, save_json
 
     path = tmp_path / "summary.json"
     save_json(path, {"steps": 1})

@@ -22,8 +22,9 @@ from hypothesis import example, given, strategies as st
 
 import bptrain.app.cli
 from bptrain.net import config as config_module
-from bptrain.net.config import (ACTIVATIONS, LOSSES, Config, ConfigError, apply_override,
-                            config_from_dict, dump_config, load_config, parse_yaml)
+from bptrain.net.config import (Config, ConfigError, activations, apply_override,
+                                config_from_dict, dump_config, layer_types, load_config, losses,
+                                parse_yaml)
 from conftest import hsettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,12 +72,12 @@ def assert_round_trips(cfg: Config) -> None:
 # ---- strategies ---------------------------------------------------------------------------
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source_path"}
 FIELDS = sorted({f.name for cls in (Config, config_module.DataConfig, config_module.ModelConfig,
-                                    config_module.LayerConfig, config_module.LossConfig,
+                                    config_module.LossConfig,
                                     config_module.RegularizationConfig,
                                     config_module.OptimizerConfig, config_module.ScheduleConfig,
                                     config_module.TrainConfig)
                  for f in dataclasses.fields(cls)} - {"source_path"})
-CHOICES = sorted(set(ACTIVATIONS + LOSSES + config_module.SOURCES + config_module.LAYER_TYPES)
+CHOICES = sorted(set(activations() + losses() + config_module.SOURCES + layer_types())
                  | {"sgd", "adam", "adamw", "rmsprop", "nesterov", "momentum", "l1", "l2",
                     "none", "step", "cosine", "float32", "float64", "onehot", "he", "xavier"})
 DOTTED = sorted(f"{s}.{f.name}" for s in SECTIONS

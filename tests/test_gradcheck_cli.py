@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import bptrain.engine.gradcheck as gc
+import bptrain.net.checks as gc
 from bptrain.engine import gates as G
 from bptrain.app.cli import app
 from bptrain.engine.gradcheck import check_gate

@@ -286,8 +286,9 @@ def test_node_without_gradient_need_gets_no_backward_call():
 
 
 class SpyMatMul(G.MatMul):
-    def backward(self, upstream):
-        self.returned = super().backward(upstream)
+    def backward(self, upstream, needs_input_grad):
+        self.needs_input_grad = needs_input_grad  # what the graph handed over
+        self.returned = super().backward(upstream, needs_input_grad)
         return self.returned
 
 

@@ -346,7 +346,7 @@ def test_explicit_layers_with_bias_false_and_dropout():
     model = layers_model()
     assert list(model.params) == ["W1", "W2", "b2", "W3", "b3"]
     assert [(l.kind, l.in_dim, l.out_dim) for l in model.layers] == [
-        ("affine", 5, 6), ("tanh", 6, 6), ("dropout(0.5)", 6, 6), ("affine", 6, 4),
+        ("matmul", 5, 6), ("tanh", 6, 6), ("dropout(0.5)", 6, 6), ("affine", 6, 4),
         ("elu(1)", 4, 4), ("affine", 4, 3)]
     assert model.layers[0].params == 30 and model.layers[3].params == 28
     rng, X, y, _ = small_problem()

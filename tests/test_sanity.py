@@ -14,7 +14,7 @@ from bptrain.app.cli import app
 from bptrain.net.config import load_config
 from bptrain.training.sanity import (check_initial_loss, check_overfit, check_regularization,
                             run_sanity)
-from bptrain.training.trainer import load_data
+from bptrain.net.data import load_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MLP = str(ROOT / "configs" / "mlp.yaml")

@@ -121,7 +121,7 @@ def test_dot_output():
     assert re.search(r'"W1" \[[^\]]*label="W1\\n64x100"', dot)
 
 
-def test_regression_has_matmul_gates_and_no_biases():
+def test_regression_has_matmul_gates_and_no_biases():  # bias: false makes an affine a matmul
     result = run(ROOT / "configs" / "regression.yaml")
     assert result.exit_code == 0, result.output
     table = rows(result.output)
@@ -150,5 +150,5 @@ def test_set_changes_the_shapes():
 def test_bad_format_exits_2(fmt):
     result = run(MLP, "--format", fmt)
     assert result.exit_code == 2, result.output
-    assert "table or dot" in result.output
+    assert "'table', 'dot'" in result.output  # typer's choice message
     assert result.stdout == ""

@@ -14,7 +14,9 @@ import pytest
 from bptrain.net.config import load_config
 from bptrain.errors import ConfigError
 from bptrain.training.runs import evaluate_run, load_run
-from bptrain.training.trainer import SilentReporter, build_for_data, load_data, train
+from bptrain.net.data import load_data
+from bptrain.net.model import build_for_data
+from bptrain.training.trainer import SilentReporter, train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"

@@ -41,6 +41,8 @@ from typing import Sequence
 
 from rich.text import Text
 
+from bptrain.formatting import format_number
+
 __all__ = ["Series", "line_chart", "chart_lines", "PALETTE", "format_number"]
 
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red")
@@ -62,27 +64,6 @@ class Series:
     x: Sequence[float]
     y: Sequence[float]
     style: str | None = None   # a rich color/style; None = next color of PALETTE
-
-
-def format_number(v: float, sig: int = 3) -> str:
-    """A tick label: `sig` significant digits, scientific for |v| >= 1e5 or < 1e-3.
-
-    >>> format_number(2.5e7), format_number(1.234e-4), format_number(0.59341), format_number(12)
-    ('2.5e+07', '1.23e-04', '0.593', '12')
-    """
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a >= 1e5 or a < 1e-3:
-        mantissa, exp = f"{v:.{sig - 1}e}".split("e")
-        if "." in mantissa:
-            mantissa = mantissa.rstrip("0").rstrip(".")
-        return f"{mantissa}e{exp}"
-    decimals = max(0, sig - 1 - math.floor(math.log10(a)))
-    s = f"{v:.{decimals}f}"
-    if "." in s:
-        s = s.rstrip("0").rstrip(".")
-    return "0" if s in ("-0", "") else s
 
 
 def _finite_points(s: Series) -> list[tuple[float, float]]:

@@ -15,27 +15,11 @@ from rich.table import Table
 from rich.text import Text
 
 from bptrain.app.chart import Series, line_chart
+from bptrain.formatting import fmt, format_value, pct  # noqa: F401  (re-exported)
 
 
 def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
-
-
-def fmt(x: Any, digits: int = 4) -> str:
-    """A metric for humans: '-' for missing, short floats."""
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        if math.isnan(x) or math.isinf(x):
-            return str(x)
-        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
-    return str(x)
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def error(console: Console, message: str, label: str = "error") -> None:
@@ -329,7 +313,6 @@ def short_reason(reason: str | None, width: int = 90) -> str:
 
 
 def _settings_cells(row: dict[str, Any], names: dict[str, str]) -> list[str]:
-    from bptrain.training.sweep import format_value
     return [format_value(row["settings"].get(k)) for k in names]
 
 

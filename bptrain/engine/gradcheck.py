@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bptrain.engine.graph import Gate, Graph, Node, unbroadcast
+from bptrain.engine.gate import Gate, registry, unbroadcast
+from bptrain.engine.graph import Graph, Node
 
 H = 1e-5
 ABS_FLOOR = 1e-10   # |a - n| below this passes whatever the relative error
@@ -194,7 +195,10 @@ def check_gate(gate: Gate, inputs: Sequence[Any], *, h: float = H, samples: int 
     label = name or gate.label()
     branches = (lambda: [gate.branches()]) if gate.kinked else None
     evaluate()
-    downstream = gate.backward(upstream)
+    if gate.takes_needs_input_grad:
+        downstream = gate.backward(upstream, tuple(x.dtype.kind == "f" for x in inputs))
+    else:
+        downstream = gate.backward(upstream)
     if not isinstance(downstream, (tuple, list)):
         downstream = (downstream,)
     if len(downstream) != len(inputs):
@@ -222,76 +226,17 @@ def check_gate(gate: Gate, inputs: Sequence[Any], *, h: float = H, samples: int 
     return results
 
 
-# ---- suites: the library's gates, a config's network, a user's gate ----------------------
-def _away_from_zero(rng: np.random.Generator, shape: tuple[int, ...], gap: float = 0.2
-                    ) -> np.ndarray:
-    """Random normal values at least `gap` away from 0, where relu/abs/... have kinks."""
-    x = rng.standard_normal(shape)
-    return np.where(x >= 0, x + gap, x - gap)
-
-
+# ---- the library sweep: every registered gate's own examples ------------------------------
 def library_cases(seed: int = 0) -> list[tuple[str, Gate, list[np.ndarray]]]:
-    """Each library gate on random float64 inputs away from its kinks, on several shapes:
-    0-d scalars, arrays, and broadcasting (a row, a column, a scalar against a matrix)."""
-    from bptrain.engine import gates as G
+    """(label, gate, inputs) for every gate class of the library, from the registry: each
+    class's `examples`, random float64 inputs away from its kinks, on several shapes."""
+    from bptrain.engine import gates  # noqa: F401  (importing the library fills the registry)
     rng = np.random.default_rng(seed)
-
-    def a(*shape: int) -> np.ndarray:
-        return _away_from_zero(rng, shape)
-
-    def pos(*shape: int) -> np.ndarray:
-        return np.abs(a(*shape)) + 0.5
-
-    def apart(*shape: int) -> list[np.ndarray]:
-        x = a(*shape)  # y differs from x by at least 0.2, so max/min never tie
-        return [x, x + _away_from_zero(rng, shape)]
-
-    labels = rng.integers(0, 4, size=6)
     cases = []
-    for shapes, tag in (([(), ()], "scalars"), ([(4, 3), (4, 3)], "arrays"),
-                        ([(4, 3), (3,)], "broadcast row"), ([(4, 3), (4, 1)], "broadcast col"),
-                        ([(4, 3), ()], "broadcast scalar")):
-        for gate in (G.Add(), G.Subtract(), G.Multiply()):
-            cases.append((f"{gate.label()} {tag}", gate, [a(*s) for s in shapes]))
-        cases.append((f"div {tag}", G.Divide(), [a(*shapes[0]), pos(*shapes[1])]))
-    for shape, tag in (((), "scalar"), ((4, 3), "array")):
-        cases += [(f"neg {tag}", G.Negate(), [a(*shape)]),
-                  (f"pow(3) {tag}", G.Power(3), [a(*shape)]),
-                  (f"pow(-0.5) {tag}", G.Power(-0.5), [pos(*shape)]),
-                  (f"max {tag}", G.Maximum(), apart(*shape)),
-                  (f"min {tag}", G.Minimum(), apart(*shape)),
-                  (f"abs {tag}", G.Abs(), [a(*shape)]),
-                  (f"exp {tag}", G.Exp(), [a(*shape)]),
-                  (f"log {tag}", G.Log(), [pos(*shape)]),
-                  (f"relu {tag}", G.ReLU(), [a(*shape)]),
-                  (f"leaky_relu(0.1) {tag}", G.LeakyReLU(0.1), [a(*shape)]),
-                  (f"sigmoid {tag}", G.Sigmoid(), [a(*shape)]),
-                  (f"tanh {tag}", G.Tanh(), [a(*shape)]),
-                  (f"elu(1) {tag}", G.ELU(1.0), [a(*shape)])]
-    cases += [("max broadcast", G.Maximum(), [a(4, 3), a(3) + 3.0]),
-              ("sum", G.Sum(), [a(4, 3)]), ("sum(axis=0)", G.Sum(axis=0), [a(4, 3)]),
-              ("mean", G.Mean(), [a(4, 3)]), ("mean(axis=1)", G.Mean(axis=1), [a(4, 3)]),
-              ("matmul", G.MatMul(), [a(5, 4), a(4, 3)]),
-              ("bias_add", G.BiasAdd(), [a(5, 3), a(3)]),
-              ("affine", G.Affine(), [a(5, 4), a(4, 3), a(3)]),
-              ("dropout(0.3)", G.Dropout(0.3, seed=seed), [a(6, 5)]),
-              ("softmax_ce", G.SoftmaxCrossEntropy(), [a(6, 4), labels]),
-              ("svm_hinge(1)", G.SVMHinge(1.0), [_svm_scores(rng, labels, 4), labels]),
-              ("mse(sum)", G.MSE("sum"), [a(6, 4), a(6, 4)]),
-              ("mse(mean)", G.MSE("mean"), [a(6, 4), a(6, 4)]),
-              ("l2(0.1)", G.L2(0.1), [a(4, 3), a(3, 2)]),
-              ("l1(0.1)", G.L1(0.1), [a(4, 3), a(3, 2)])]
+    for cls in registry.classes():
+        if cls.__module__.startswith("bptrain."):
+            cases += cls.examples(rng)
     return cases
-
-
-def _svm_scores(rng: np.random.Generator, labels: np.ndarray, classes: int) -> np.ndarray:
-    """Scores whose hinge margins s_j - s_y + 1 all stay at least 0.2 away from 0."""
-    s = rng.standard_normal((len(labels), classes))
-    rows = np.arange(len(labels))
-    margins = s - s[rows, labels][:, None] + 1.0
-    s += np.where(np.abs(margins) < 0.2, 0.4 * np.sign(margins + 1e-12), 0.0)
-    s[rows, labels] = s[rows, labels]  # the true class scores themselves are unchanged
-    return s
 
 
 def check_library(seed: int = 0, h: float = H) -> list[CheckResult]:
@@ -299,96 +244,4 @@ def check_library(seed: int = 0, h: float = H) -> list[CheckResult]:
     results = []
     for name, gate, inputs in library_cases(seed):
         results += check_gate(gate, inputs, h=h, seed=seed, name=name)
-    return results
-
-
-def check_config(cfg: Any, *, samples: int | None = 100, h: float = H, seed: int = 0,
-                 batch: int = 16) -> list[CheckResult]:
-    """A config's whole network (data loss + regularization), per parameter, in float64 on a
-    small batch of its training data, whatever the config's dtype."""
-    from bptrain.net.config import load_config
-    from bptrain.training.trainer import build_for_data, load_data
-    cfg = load_config(cfg, ["train.dtype=float64"])
-    data = load_data(cfg)
-    model = build_for_data(cfg, data)
-    X, y = data.X_train[:batch], data.y_train[:batch]
-    model.graph.feed(X=X, y=model.targets(y))
-    return check_graph(model.graph, model.loss, h=h, samples=samples, seed=seed)
-
-
-def load_gate_class(spec: str) -> type:
-    """`package.module:ClassName` or `path/to/file.py:ClassName` -> a Gate subclass."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
-    from bptrain.errors import ConfigError
-    module_name, _, class_name = spec.rpartition(":")
-    if not module_name or not class_name:
-        raise ConfigError(f"--gate {spec!r}: write it as package.module:ClassName or "
-                          "path/to/file.py:ClassName.")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise ConfigError(f"--gate {spec!r}: file {path} not found.")
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            sys.path.insert(0, ".")  # let a learner's module in the current folder be found
-            try:
-                module = importlib.import_module(module_name)
-            finally:
-                sys.path.pop(0)
-    except ConfigError:
-        raise
-    except ImportError as e:
-        raise ConfigError(f"--gate {spec!r}: cannot import {module_name} ({e}). Run from the "
-                          "folder that holds it, or give the path to the .py file.") from None
-    except Exception as e:  # the user's module itself failed: say where
-        raise ConfigError(f"--gate {spec!r}: importing {module_name} raised "
-                          f"{type(e).__name__}: {e}") from None
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Gate)):
-        raise ConfigError(f"--gate {spec!r}: {module_name} has no Gate subclass named "
-                          f"{class_name}; define `class {class_name}(bptrain.Gate)`.")
-    return cls
-
-
-def check_user_gate(cls: type, seed: int = 0, h: float = H) -> list[CheckResult]:
-    """A user's gate on random inputs of the shapes its forward accepts: 0-d scalars,
-    same-shape arrays, and matmul-like chains; a shape set it rejects is skipped."""
-    import inspect
-    from bptrain.errors import ConfigError
-    try:
-        gate = cls()
-    except TypeError as e:
-        raise ConfigError(f"{cls.__name__}() needs arguments ({e}); give its settings "
-                          "defaults so the checker can build it.") from None
-    params = [p for p in inspect.signature(gate.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    n = max(len(params), 1)
-    rng = np.random.default_rng(seed)
-    shape_sets = {"scalars": [()] * n, "arrays": [(4, 3)] * n,
-                  "chain": [(4, 3), (3, 5), (5, 2)][:n] if 2 <= n <= 3 else None}
-    results, tried = [], []
-    for tag, shapes in shape_sets.items():
-        if shapes is None:
-            continue
-        inputs = [rng.standard_normal(s) for s in shapes]
-        try:
-            np.asarray(gate.forward(*inputs)) * 1.0
-        except Exception:
-            tried.append(tag)
-            continue
-        try:
-            results += check_gate(gate, inputs, h=h, seed=seed, name=f"{cls.__name__} {tag}")
-        except Exception as e:  # the learner's backward crashed: a failed check, not ours
-            results.append(CheckResult(f"{cls.__name__} {tag}", tuple(np.shape(inputs[0])),
-                                       0, float("inf"), 0, "fail",
-                                       {"error": f"backward raised {type(e).__name__}: {e}"}))
-    if not results:
-        raise ConfigError(f"{cls.__name__}.forward failed on every input shape tried "
-                          f"({', '.join(tried)}); check that it runs on NumPy arrays.")
     return results

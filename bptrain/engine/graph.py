@@ -19,86 +19,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-Array = np.ndarray
+from bptrain.engine.gate import Gate, unbroadcast
+from bptrain.engine.gates.arithmetic import Add, Divide, Multiply, Negate, Power, Subtract
+from bptrain.engine.gates.linalg import MatMul
 
-
-class _EveryInput(tuple):
-    """`needs_input_grad` of a gate used outside a graph: every input wants its gradient."""
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return True
-
-
-class Gate:
-    """Base class of every gate. Subclass it, write `forward` and `backward`; nothing else.
-
-    forward(*inputs) -> output          (save what backward needs on self)
-    backward(upstream) -> tuple         (one downstream gradient per input, or None for an
-                                          input that needs none, see `needs_input_grad`)
-
-    Class attributes, all optional:
-      name     short label shown by `trace` and `show` (default: the class name, lower case)
-      pattern  the lecture's word for how the gate routes gradients ("distributor", ...)
-      kinked   True if the gate's derivative jumps somewhere (relu, max, abs, hinge, ...);
-               such a gate returns a fingerprint of the branches it took from `branches()`
-               so that a gradient check can tell a kink crossing from a bug.
-      fresh_downstream  True if backward always returns newly made arrays (never the
-               upstream, never a cached array): the graph may then add further
-               gradients into them in place at a fan-out instead of allocating.
-    Instance attributes set by the Graph before a pass:
-      training          False in evaluation mode (dropout reads it)
-      needs_input_grad  tuple of bools; a gate may skip the work for inputs marked False
-    """
-
-    name: str | None = None
-    pattern: str | None = None
-    kinked: bool = False
-    fresh_downstream: bool = False  # backward returns new arrays no one else holds
-    training: bool = True
-    needs_input_grad: Sequence[bool] = _EveryInput()
-
-    def forward(self, *inputs: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must define forward(*inputs)")
-
-    def backward(self, upstream: Any) -> tuple:
-        raise NotImplementedError(f"{type(self).__name__} must define backward(upstream)")
-
-    def branches(self) -> Any:
-        """Which side of each kink the last forward took (a bool array), or None."""
-        return None
-
-    def label(self) -> str:
-        """The gate's display name, with its settings (e.g. 'leaky_relu(0.01)')."""
-        return self.name or type(self).__name__.lower()
-
-    def __call__(self, *nodes: Any) -> "Node":
-        """Apply the gate to nodes: `Sigmoid()(x)` adds a node to x's graph."""
-        graph = next((n.graph for n in nodes if isinstance(n, Node)), None)
-        if graph is None:
-            raise TypeError(f"{self.label()} needs at least one graph node among its inputs")
-        return graph.apply(self, *nodes)
-
-
-def unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
-    """Sum `grad` back down to `shape`, undoing NumPy broadcasting.
-
-    A bias of shape (H,) added to a batch (N, H) was copied N times, so its gradient is the
-    batch sum: copies add up their gradients (the copy gate again).
-    """
-    if grad.shape == shape:
-        return grad
-    given = grad.shape
-    extra = grad.ndim - len(shape)
-    if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
-    elif extra < 0:  # missing leading axes count as length 1
-        grad = grad.reshape((1,) * -extra + grad.shape)
-    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if stretched:
-        grad = grad.sum(axis=stretched, keepdims=True)
-    if grad.shape != shape:  # never reshape: a (2, 3) gradient for a (3, 2) value is a bug
-        raise ValueError(f"a gradient of shape {given} does not fit a value of shape {shape}")
-    return grad
+__all__ = ["Gate", "Graph", "Node", "unbroadcast"]
 
 
 class Node:
@@ -121,6 +46,7 @@ class Node:
         self.value = value
         self.grad: Any = None
         self.requires_grad = requires_grad  # for leaves; ops inherit it from their inputs
+        self.needs_input_grad: tuple[bool, ...] = ()  # per input, set when the graph plans
 
     def __repr__(self) -> str:
         what = self.gate.label() if self.gate else self.kind
@@ -131,52 +57,44 @@ class Node:
     def shape(self) -> tuple[int, ...]:
         return np.shape(self.value)
 
-    # Operator overloading: each operator applies the matching gate from the library.
-    def _apply(self, gate_name: str, *others: Any, **settings: Any) -> "Node":
-        return self.graph.apply(_gate(gate_name, **settings), self, *others)
-
+    # Operator overloading: each operator applies its gate class from the library.
     def __add__(self, other: Any) -> "Node":
-        return self._apply("Add", other)
+        return self.graph.apply(Add(), self, other)
 
     def __radd__(self, other: Any) -> "Node":
-        return self.graph.apply(_gate("Add"), other, self)
+        return self.graph.apply(Add(), other, self)
 
     def __sub__(self, other: Any) -> "Node":
-        return self._apply("Subtract", other)
+        return self.graph.apply(Subtract(), self, other)
 
     def __rsub__(self, other: Any) -> "Node":
-        return self.graph.apply(_gate("Subtract"), other, self)
+        return self.graph.apply(Subtract(), other, self)
 
     def __mul__(self, other: Any) -> "Node":
-        return self._apply("Multiply", other)
+        return self.graph.apply(Multiply(), self, other)
 
     def __rmul__(self, other: Any) -> "Node":
-        return self.graph.apply(_gate("Multiply"), other, self)
+        return self.graph.apply(Multiply(), other, self)
 
     def __truediv__(self, other: Any) -> "Node":
-        return self._apply("Divide", other)
+        return self.graph.apply(Divide(), self, other)
 
     def __rtruediv__(self, other: Any) -> "Node":
-        return self.graph.apply(_gate("Divide"), other, self)
+        return self.graph.apply(Divide(), other, self)
 
     def __neg__(self) -> "Node":
-        return self._apply("Negate")
+        return self.graph.apply(Negate(), self)
 
     def __pow__(self, exponent: float) -> "Node":
         if isinstance(exponent, Node):
             raise TypeError("the power gate takes a constant exponent, not a graph node")
-        return self._apply("Power", exponent=exponent)
+        return self.graph.apply(Power(exponent), self)
 
     def __matmul__(self, other: Any) -> "Node":
-        return self._apply("MatMul", other)
+        return self.graph.apply(MatMul(), self, other)
 
     def __rmatmul__(self, other: Any) -> "Node":
-        return self.graph.apply(_gate("MatMul"), other, self)
-
-
-def _gate(gate_name: str, **settings: Any) -> Gate:
-    from bptrain.engine import gates  # lazily: the gate library imports this module
-    return getattr(gates, gate_name)(**settings)
+        return self.graph.apply(MatMul(), other, self)
 
 
 class Graph:
@@ -290,8 +208,8 @@ class Graph:
                 if id(parent) not in done:
                     stack.append((parent, False))
         backward = [n for n in reversed(order) if n.gate is not None and n.requires_grad]
-        for n in backward:
-            n.gate.needs_input_grad = tuple(p.requires_grad for p in n.inputs)
+        for n in backward:  # handed to gates that can skip inputs (see Gate.backward)
+            n.needs_input_grad = tuple(p.requires_grad for p in n.inputs)
         self._plans[id(output)] = (order, backward)
         return order, backward
 
@@ -339,44 +257,36 @@ class Graph:
         """Fill `node.grad` = d(output)/d(node) for every node that needs one.
 
         Seeds d(output)/d(output) = 1, then for each gate in reverse topological order:
-        downstream = gate.backward(upstream), added into each input's gradient. Gradients are
-        reset first, so calling backward twice gives the same result (micrograd's sharp edge).
+        downstream = gate.backward(upstream), added into each input's gradient (a node that
+        feeds several gates sums their gradients: the copy gate). Gradients are reset first,
+        so calling backward twice gives the same result (micrograd's sharp edge).
         """
         order, backward = self.plan(output)
         for node in order:
             node.grad = None
-        value = output.value
-        # dL/dL = 1: a scalar of the loss's dtype (cheaper than ones_like for the usual case)
-        output.grad = value.dtype.type(1) if np.ndim(value) == 0 else np.ones_like(value)
-        owned: set[Node] = set()  # nodes whose grad array is ours alone to add into
+        output.grad = np.ones_like(output.value)  # dL/dL = 1
         for node in backward:
             upstream = node.grad
             if upstream is None:  # nothing downstream of this node reached the output
                 continue
             gate = node.gate
-            downstream = gate.backward(upstream)
-            if type(downstream) is not tuple:
-                downstream = tuple(downstream) if isinstance(downstream, list) else (downstream,)
+            if gate.takes_needs_input_grad:
+                downstream = gate.backward(upstream, node.needs_input_grad)
+            else:
+                downstream = gate.backward(upstream)
+            if not isinstance(downstream, (tuple, list)):
+                downstream = (downstream,)
             if len(downstream) != len(node.inputs):
                 raise ValueError(f"{gate.label()}.backward returned {len(downstream)} "
                                  f"gradients for {len(node.inputs)} inputs")
             for parent, grad in zip(node.inputs, downstream):
                 if grad is None or not parent.requires_grad:
                     continue
-                shape = np.shape(parent.value)
-                if getattr(grad, "shape", None) != shape:
-                    grad = unbroadcast(np.asarray(grad), shape)
-                if parent.grad is None:
-                    parent.grad = grad
-                    if gate.fresh_downstream and type(grad) is np.ndarray:
-                        owned.add(parent)
-                elif parent in owned:
-                    parent.grad += grad  # ours alone (see fresh_downstream): add in place
-                else:
-                    # Fan-out: a new array, not `+=`, since the first gradient may be
-                    # another node's upstream handed through (an add gate does that).
-                    parent.grad = parent.grad + grad
-                    owned.add(parent)
+                if np.shape(grad) != np.shape(parent.value):
+                    grad = unbroadcast(np.asarray(grad), np.shape(parent.value))
+                # A new array, never `+=`: the first gradient may be another node's
+                # upstream handed through unchanged (an add gate does that).
+                parent.grad = grad if parent.grad is None else parent.grad + grad
 
     @property
     def params(self) -> list[Node]:

@@ -19,19 +19,37 @@ from typing import Any
 
 import yaml
 
+from bptrain.engine import gates as _library  # noqa: F401  (fills the gate registry)
+from bptrain.engine.gate import LAYER_KINDS, REQUIRED, Setting, registry
 from bptrain.errors import ConfigError
 
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "elu")
-LAYER_TYPES = ("affine",) + ACTIVATIONS + ("dropout",)
-LOSSES = ("softmax", "svm", "mse")
+
+# Choices that come from the gate registry are read when a config is checked, so a gate class
+# defined after this module (a user's, a test's) is a valid choice as soon as it exists.
+def activations() -> tuple[str, ...]:
+    return tuple(registry.names(("activation",)))
+
+
+def layer_types() -> tuple[str, ...]:
+    return tuple(registry.names(LAYER_KINDS)) + ("residual", "gate")
+
+
+def losses() -> tuple[str, ...]:
+    return tuple(registry.names(("loss",)))
+
+
 SOURCES = ("digits", "spiral", "blobs", "xor", "regression", "npz", "csv", "cifar10", "mnist")
 
 
-def _opt(default: Any = MISSING, *, choices: tuple | None = None, ge: float | None = None,
+def _opt(default: Any = MISSING, *, choices: Any = None, ge: float | None = None,
          gt: float | None = None, le: float | None = None, lt: float | None = None,
-         factory: Any = None) -> Any:
-    """A config field with its allowed values, checked by `_check_value`."""
-    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+         factory: Any = None, aliases: tuple[str, ...] = (), validator: Any = None) -> Any:
+    """A config field with its allowed values, checked by `_check_value`. `choices` may be a
+    function (read from the gate registry at check time); `aliases` are other spellings of
+    the key that users type (learning_rate for lr); `validator(value, path, ctx)` checks a
+    field whose shape is not a plain type (model.layers)."""
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "aliases": aliases,
+            "validator": validator}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -53,33 +71,32 @@ class DataConfig:
 
 
 @dataclass
-class LayerConfig:
-    type: str = _opt(choices=LAYER_TYPES)
-    units: int | None = _opt(None, gt=0)   # affine; the last one may be left out
-    bias: bool = True                      # affine
-    slope: float = _opt(0.01, ge=0.0)      # leaky_relu
-    alpha: float = _opt(1.0, gt=0.0)       # elu
-    p: float = _opt(0.5, ge=0.0, lt=1.0)   # dropout
-
-
-@dataclass
 class ModelConfig:
     hidden: list[int] = _opt(factory=lambda: [100], gt=0)
-    activation: str = _opt("relu", choices=ACTIVATIONS)
+    activation: str = _opt("relu", choices=activations)
+    normalization: str = _opt("none", choices=("none", "batchnorm", "layernorm"))  # per hidden
     init: str = _opt("he", choices=("gaussian", "xavier", "he", "zeros"))
     std: float = _opt(0.01, ge=0.0)        # gaussian init
     bias: bool = True
     dropout: float = _opt(0.0, ge=0.0, lt=1.0)  # after each hidden activation
     slope: float = _opt(0.01, ge=0.0)      # leaky_relu
     alpha: float = _opt(1.0, gt=0.0)       # elu
-    layers: list[LayerConfig] | None = None  # explicit layers instead of hidden/activation
+    # explicit layers instead of hidden/activation: any graph, see _check_layers
+    layers: list[dict] | None = _opt(None, validator=lambda v, path, ctx: _check_layers(v, path, ctx))
 
 
 @dataclass
 class LossConfig:
-    type: str = _opt("softmax", choices=LOSSES)
-    margin: float = _opt(1.0, ge=0.0)      # svm
-    reduction: str = _opt("sum", choices=("sum", "mean"))  # mse
+    """`loss.type` names a registered loss gate; its other keys are the settings of the
+    registered losses (margin for svm, reduction for mse), each checked by its gate's Setting."""
+    type: str = "softmax"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, key: str) -> Any:
+        settings = self.__dict__.get("settings", {})
+        if key in settings:
+            return settings[key]
+        raise AttributeError(f"loss has no setting {key!r}")
 
 
 @dataclass
@@ -91,7 +108,7 @@ class RegularizationConfig:
 @dataclass
 class OptimizerConfig:
     type: str = _opt("sgd", choices=("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"))
-    lr: float = _opt(0.01, gt=0.0)
+    lr: float = _opt(0.01, gt=0.0, aliases=("learning_rate",))
     momentum: float | None = _opt(None, ge=0.0, lt=1.0)  # sgd: 0; momentum, nesterov: 0.9
     decay_rate: float = _opt(0.99, ge=0.0, lt=1.0)       # rmsprop's alpha
     beta1: float = _opt(0.9, ge=0.0, lt=1.0)
@@ -113,6 +130,7 @@ class TrainConfig:
     epochs: int = _opt(10, gt=0)
     iterations: int | None = _opt(None, gt=0)  # total steps; overrides epochs when set
     batch_size: int = _opt(64, gt=0)
+    accumulate: int = _opt(1, gt=0)        # micro-batches whose gradients make one step
     shuffle: bool = True
     eval_every: int = _opt(1, gt=0)        # epochs
     checkpoint_every: int = _opt(1, gt=0)  # epochs
@@ -127,7 +145,7 @@ class Config:
     seed: int = _opt(0, ge=0)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=lambda: _build_loss({}, "loss", None))
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -139,6 +157,7 @@ class Config:
         d.pop("source_path")
         if d["model"]["layers"] is None:
             d["model"].pop("layers")
+        d["loss"] = {"type": self.loss.type, **self.loss.settings}
         return d
 
 
@@ -205,21 +224,25 @@ def _type_name(tp: Any) -> str:
             }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _check_value(value: Any, tp: Any, meta: dict, path: str) -> Any:
+def _check_value(value: Any, tp: Any, meta: dict, path: str, ctx: dict | None = None) -> Any:
     """Return `value` converted to `tp` (an int where a float is wanted), or raise."""
+    if meta.get("validator"):
+        return None if value is None else meta["validator"](value, path, ctx or {})
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         tp = next(a for a in args if a is not type(None))
-        return _check_value(value, tp, meta, path)
+        return _check_value(value, tp, meta, path, ctx)
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}.")
         (item,) = typing.get_args(tp)
-        return [_check_value(v, item, meta, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_check_value(v, item, meta, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
+    if tp is LossConfig:
+        return _build_loss(value, path, ctx)
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
-        return _build(tp, value, path)
+        return _build(tp, value, path, ctx)
     ok = (isinstance(value, bool) if tp is bool else
           isinstance(value, int) and not isinstance(value, bool) if tp is int else
           isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
@@ -237,6 +260,8 @@ def _check_value(value: Any, tp: Any, meta: dict, path: str) -> Any:
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{path}: expected a finite number, got {value}.")
     choices = meta.get("choices")
+    if callable(choices):
+        choices = choices()
     if choices and value not in choices:
         raise ConfigError(f"{path}: unknown value {_show(value)}; choose one of "
                           f"{', '.join(choices)}.{_suggest(value, choices)}")
@@ -252,7 +277,7 @@ def _check_value(value: Any, tp: Any, meta: dict, path: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
+def _build(cls: type, data: Any, path: str, ctx: dict | None = None) -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys."""
     label = path or "the config"
     if data is None:
@@ -261,12 +286,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
         raise ConfigError(f"{label}: expected a mapping of keys to values, got {_show(data)}.")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls) if f.name != "source_path"]
-    for key in data:
-        if key not in known:
-            shown = key if isinstance(key, str) else _show(key)
-            where = f"{path}.{shown}" if path else shown
-            raise ConfigError(f"{where}: unknown key.{_suggest(key, known)} Valid keys"
-                              f"{' in ' + path if path else ''}: {', '.join(known)}.")
+    data = _resolve_aliases(cls, data, path)
+    _reject_unknown(data, known, path)
     values = {}
     for f in fields(cls):
         if f.name not in data:
@@ -274,8 +295,152 @@ def _build(cls: type, data: Any, path: str) -> Any:
                 raise ConfigError(f"{path}: the key '{f.name}' is required.")
             continue
         where = f"{path}.{f.name}" if path else f.name
-        values[f.name] = _check_value(data[f.name], hints[f.name], dict(f.metadata), where)
+        values[f.name] = _check_value(data[f.name], hints[f.name], dict(f.metadata), where, ctx)
     return cls(**values)
+
+
+def _resolve_aliases(cls: type, data: dict, path: str) -> dict:
+    """`learning_rate: 0.1` means `lr: 0.1`; giving both is an error (which one wins?)."""
+    out = dict(data)
+    for f in fields(cls):
+        for alias in f.metadata.get("aliases", ()):
+            if alias in out:
+                if f.name in out:
+                    raise ConfigError(f"{path}.{alias}: '{alias}' is another name for "
+                                      f"'{f.name}', and both are set; keep one.")
+                out[f.name] = out.pop(alias)
+    return out
+
+
+def _reject_unknown(data: dict, known: typing.Sequence[str], path: str, what: str = "") -> None:
+    for key in data:
+        if key not in known:
+            shown = key if isinstance(key, str) else _show(key)
+            where = f"{path}.{shown}" if path else shown
+            raise ConfigError(f"{where}: unknown key{what}.{_suggest(key, known)} Valid keys"
+                              f"{' in ' + path if path else ''}: {', '.join(known)}.")
+
+
+def _setting_value(value: Any, s: Setting, where: str) -> Any:
+    """Check one value against a gate's Setting, with the same rules as every config key."""
+    tp = s.type | None if s.nullable else s.type
+    meta = {"choices": s.choices, "ge": s.ge, "gt": s.gt, "le": s.le, "lt": s.lt}
+    return _check_value(value, tp, meta, where)
+
+
+def _build_loss(data: Any, path: str, ctx: dict | None) -> LossConfig:
+    """loss: {type, ...settings}: the settings of every registered loss are accepted (so a
+    sweep may switch loss.type), each checked by the Setting of the loss that declares it."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {_show(data)}.")
+    kind = _check_value(data.get("type", "softmax"), str, {"choices": losses}, f"{path}.type")
+    owners: dict[str, Setting] = {}
+    for cls in registry.classes(("loss",)):
+        for key, s in cls.settings.items():
+            owners.setdefault(key, s)
+    own = registry.find(kind, ("loss",)).settings
+    owners.update(own)  # the chosen loss's own Setting wins for a shared name
+    _reject_unknown(data, ["type", *owners], path)
+    settings = {}
+    for key, s in owners.items():
+        if key in data:
+            settings[key] = _setting_value(data[key], s, f"{path}.{key}")
+        elif s.default is not REQUIRED:
+            settings[key] = s.default
+        elif key in own:
+            raise ConfigError(f"{path}.{key}: the '{kind}' loss needs '{key}'.")
+    return LossConfig(kind, settings)
+
+
+# ---- layers: any directed acyclic graph, from the gate registry ---------------------------
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_WIRING = ("type", "name", "input", "inputs")
+
+
+def _check_layers(value: Any, path: str, ctx: dict, names: dict | None = None) -> list[dict]:
+    """model.layers: a list of layer mappings, each `{type: ..., settings...}`, optionally
+    `name` and `input` (one earlier layer) or `inputs` (several, for merges). Types come from
+    the gate registry, plus `residual` (output = input + f(input)) and `gate` (a user's class).
+    Returns plain dicts with every setting filled in."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: expected a non-empty list of layers, e.g. [{{type: affine, "
+                          f"units: 100}}, {{type: relu}}, {{type: affine}}], got {_show(value)}.")
+    names = {} if names is None else names
+    return [_check_layer(raw, f"{path}[{i}]", ctx, names) for i, raw in enumerate(value)]
+
+
+def _check_layer(raw: Any, where: str, ctx: dict, names: dict) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a layer mapping like {{type: relu}}, got "
+                          f"{_show(raw)}.")
+    if "type" not in raw:
+        raise ConfigError(f"{where}: the key 'type' is required (one of "
+                          f"{', '.join(layer_types())}).")
+    kind = _check_value(raw["type"], str, {"choices": layer_types}, f"{where}.type")
+    out: dict[str, Any] = {"type": kind}
+    if "name" in raw:
+        name = _check_value(raw["name"], str, {}, f"{where}.name")
+        if not _NAME.match(name):
+            raise ConfigError(f"{where}.name: {_show(name)} is not a layer name; use letters, "
+                              "digits and _ . - (starting with a letter), e.g. block1.")
+        if name in names:
+            raise ConfigError(f"{where}.name: the name '{name}' is used twice, at {names[name]} "
+                              f"and {where}; give each layer its own name.")
+        names[name] = where
+        out["name"] = name
+    if "input" in raw and "inputs" in raw:
+        raise ConfigError(f"{where}: give either input (one layer) or inputs (a list), not both.")
+    if "input" in raw:
+        out["input"] = _check_value(raw["input"], str, {}, f"{where}.input")
+    if "inputs" in raw:
+        out["inputs"] = _check_value(raw["inputs"], list[str], {}, f"{where}.inputs")
+        if not out["inputs"]:
+            raise ConfigError(f"{where}.inputs: name at least one earlier layer.")
+    if kind == "residual":
+        _reject_unknown(raw, [*_WIRING, "layers"], where, " for a residual block")
+        if "layers" not in raw:
+            raise ConfigError(f"{where}.layers: a residual block needs its layers, e.g. "
+                              "{type: residual, layers: [{type: affine, units: 64}, {type: relu}, "
+                              "{type: affine, units: 64}]}.")
+        out["layers"] = _check_layers(raw["layers"], f"{where}.layers", ctx, names)
+        return out
+    if kind == "gate":
+        from bptrain.net.usercode import load_gate_class
+        if "class" not in raw:
+            raise ConfigError(f"{where}.class: a gate layer names its class, e.g. "
+                              "{type: gate, class: my_gates.py:Swish}.")
+        cls = load_gate_class(raw["class"], f"{where}.class", ctx.get("base_dir"))
+        out["class"] = raw["class"]
+        extra = ["class"]
+    else:
+        cls = registry.find(kind, LAYER_KINDS)
+        extra = []
+    if cls.kind == "merge" and len(out.get("inputs", [])) < 2:
+        raise ConfigError(f"{where}: '{kind}' merges layers: give inputs: [a, b] naming two or "
+                          "more earlier layers (each with a name).")
+    _reject_unknown(raw, [*_WIRING, *extra, *cls.settings], where, f" for a {kind} layer")
+    for key, s in cls.settings.items():
+        if key in raw:
+            out[key] = _setting_value(raw[key], s, f"{where}.{key}")
+        elif s.default is REQUIRED:
+            raise ConfigError(f"{where}.{key}: a {kind} layer needs '{key}'"
+                              f"{' (' + s.help + ')' if s.help else ''}.")
+        else:
+            out[key] = s.default
+    return out
+
+
+def _check_units(layers: list[dict], path: str, output: int | None) -> None:
+    """Every affine layer needs `units`, except the output layer (index `output`), whose
+    units are the data's classes or target columns."""
+    for i, layer in enumerate(layers):
+        if layer["type"] == "affine" and layer.get("units") is None and i != output:
+            raise ConfigError(f"{path}[{i}].units: hidden affine layers need 'units'; only "
+                              "the last one's is inferred from the data.")
+        if "layers" in layer:
+            _check_units(layer["layers"], f"{path}[{i}].layers", None)
 
 
 def _check_combinations(cfg: Config) -> None:
@@ -289,18 +454,17 @@ def _check_combinations(cfg: Config) -> None:
         raise ConfigError(f"data.path: the '{cfg.data.source}' source reads a file or folder; "
                           f"set data.path (e.g. --set data.path=my_data.{cfg.data.source}).")
     if cfg.model.layers is not None:
-        affines = [i for i, l in enumerate(cfg.model.layers) if l.type == "affine"]
+        layers = cfg.model.layers
+        affines = [i for i, l in enumerate(layers) if l["type"] == "affine"]
         if not affines:
-            raise ConfigError("model.layers: needs at least one affine layer.")
-        last = len(cfg.model.layers) - 1
-        if affines[-1] != last and any(l.type != "dropout" for l in cfg.model.layers[affines[-1]:]):
+            raise ConfigError("model.layers: needs at least one affine layer at the top level: "
+                              "the last one gives the scores the loss reads.")
+        last = len(layers) - 1
+        _check_units(layers, "model.layers", affines[-1])
+        if any(l["type"] != "dropout" for l in layers[affines[-1] + 1:]):
             raise ConfigError(f"model.layers[{last}]: the network must end with an affine "
                               "layer, whose outputs are the scores the loss reads; remove the "
-                              f"'{cfg.model.layers[last].type}' after it.")
-        for i in affines[:-1]:
-            if cfg.model.layers[i].units is None:
-                raise ConfigError(f"model.layers[{i}].units: hidden affine layers need "
-                                  "'units'; only the last one's is inferred from the data.")
+                              f"'{layers[last]['type']}' after it.")
     if cfg.loss.type == "svm" and cfg.data.source == "regression":
         raise ConfigError("loss.type: the SVM loss needs class labels, and the 'regression' "
                           "source has real-valued targets; use loss.type=mse.")
@@ -343,7 +507,7 @@ def config_from_dict(data: Any, overrides: typing.Sequence[str] = (),
     data = _deep_copy(data)
     for o in overrides:
         apply_override(data, o)
-    cfg = _build(Config, data, "")
+    cfg = _build(Config, data, "", {"base_dir": Path(source).parent if source else None})
     cfg.source_path = source
     _check_combinations(cfg)
     # Resolve per-type defaults so the saved config says exactly what ran.

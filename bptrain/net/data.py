@@ -681,3 +681,14 @@ def _split(X: np.ndarray, y: np.ndarray, val_fraction: float, seed: int,
     order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
     return X[train], y[train], X[val], y[val]
+
+
+def load_data(cfg: Any) -> Dataset:
+    """The dataset a config names. The one place that resolves `data.path`: a relative path
+    is taken from the config file's folder (the current folder for a dict config)."""
+    d = cfg.data
+    base = Path(cfg.source_path).parent if cfg.source_path else None
+    return load_dataset(d.source, path=d.path, label=d.label, val_fraction=d.val_fraction,
+                        standardize=d.standardize, seed=cfg.seed, n_samples=d.n_samples,
+                        n_features=d.n_features, n_classes=d.n_classes,
+                        n_outputs=d.n_outputs, noise=d.noise, base_dir=base)

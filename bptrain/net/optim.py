@@ -56,10 +56,9 @@ class Optimizer:
             self._scratch[name] = np.empty_like(p)
         return self._scratch[name]
 
-    def step(self, grads: dict[str, np.ndarray], lr: float, consume: bool = False) -> None:
-        """Update every parameter in place. With consume=True (the Trainer's choice: its
-        gradients are recomputed every step) the gradient arrays serve as scratch and hold
-        the applied updates afterwards, so no step needs a parameter-sized temporary."""
+    def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        """Update every parameter in place. The update is computed into a scratch array kept
+        per parameter, so no step allocates, and the gradients are left as they were."""
         self.t += 1
         c = self.cfg
         for name, p in self.params.items():
@@ -68,17 +67,14 @@ class Optimizer:
                 continue
             if c.weight_decay and self.kind != "adamw":
                 g = g + c.weight_decay * p
-            # Once folded into the state below, g is not needed again: with consume, its
-            # array holds the update.
-            tmp = g if consume and g.flags.writeable else self._scratch_for(name, p)
+            tmp = self._scratch_for(name, p)  # the update, before it is subtracted from p
             if self.kind == "sgd":
                 np.multiply(g, lr, out=tmp)
             elif self.kind in ("momentum", "nesterov"):
                 v = self.state[f"v/{name}"]
                 v *= c.momentum
                 v += g
-                if self.kind == "nesterov":  # needs g after the scratch is written
-                    tmp = self._scratch_for(name, p)
+                if self.kind == "nesterov":
                     np.multiply(v, c.momentum, out=tmp)
                     tmp += g
                     tmp *= lr
@@ -88,8 +84,7 @@ class Optimizer:
                 s = self.state[f"s/{name}"]
                 s *= c.decay_rate
                 s += (1 - c.decay_rate) * (g * g)
-                tmp = self._scratch_for(name, p)  # the denominator, while g is still needed
-                np.sqrt(s, out=tmp)
+                np.sqrt(s, out=tmp)  # the denominator first
                 tmp += c.eps
                 np.divide(g, tmp, out=tmp)
                 tmp *= lr

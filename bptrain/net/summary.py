@@ -10,7 +10,8 @@ import numpy as np
 from bptrain.engine import gates as G
 from bptrain.net.config import Config
 from bptrain.net.model import Model
-from bptrain.training.trainer import build_for_data, load_data
+from bptrain.net.data import load_data
+from bptrain.net.model import build_for_data
 
 
 @dataclass

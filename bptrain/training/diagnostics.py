@@ -71,7 +71,7 @@ def layers_of(model: Any) -> list[_Watched]:
     """The affine layers of a built Model, each with the first activation after it."""
     out: list[_Watched] = []
     for layer in model.layers:
-        if layer.kind == "affine":
+        if layer.type in ("affine", "conv"):
             node = layer.node
             W = node.inputs[1]
             b = node.inputs[2] if len(node.inputs) > 2 else None

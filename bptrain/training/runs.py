@@ -11,7 +11,8 @@ from bptrain.net.config import Config, load_config
 from bptrain.net.data import Dataset, load_dataset, load_npz_safely
 from bptrain.errors import DataError
 from bptrain.net.model import Model
-from bptrain.training.trainer import build_for_data, load_data
+from bptrain.net.data import load_data
+from bptrain.net.model import build_for_data
 
 
 @dataclass

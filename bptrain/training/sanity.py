@@ -32,7 +32,9 @@ from bptrain.net.config import Config, load_config
 from bptrain.net.data import Dataset
 from bptrain.net.model import Model
 from bptrain.net.optim import Optimizer, clip_global_norm
-from bptrain.training.trainer import accuracy, build_for_data, load_data
+from bptrain.net.data import load_data
+from bptrain.net.model import build_for_data
+from bptrain.training.trainer import accuracy
 
 SMALL_STD = 1e-4        # "small weights" of check 1
 INIT_FACTOR = 3.0       # check 2 fails above this many times the expected initial loss
@@ -67,9 +69,22 @@ def _no_reg(cfg: Config) -> list[str]:
     out = ["regularization.type=none", "optimizer.weight_decay=0"]  # adamw decays by default
     if cfg.model.layers is None:
         out.append("model.dropout=0")
-    else:  # explicit layers: drop the dropout layers (JSON is YAML flow syntax)
-        kept = [asdict(l) for l in cfg.model.layers if l.type != "dropout"]
-        out.append(f"model.layers={json.dumps(kept)}")
+    else:  # explicit layers: dropout layers keep their place (others may name them), p = 0
+        out.append(f"model.layers={json.dumps(_without_dropout(cfg.model.layers))}")
+    return out
+
+
+def _without_dropout(layers: list[dict]) -> list[dict]:
+    """The layers with every dropout's p set to 0 (inside residual blocks too); JSON is YAML
+    flow syntax, so the list goes through an override."""
+    out = []
+    for layer in layers:
+        layer = dict(layer)
+        if layer["type"] == "dropout":
+            layer["p"] = 0.0
+        if "layers" in layer:
+            layer["layers"] = _without_dropout(layer["layers"])
+        out.append(layer)
     return out
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bptrain.formatting import format_value
 from bptrain.net.config import (Config, _suggest, config_from_dict, dump_config, load_config,
                             read_yaml_file)
 from bptrain.errors import (BptrainError, ConfigError, DivergenceError, EXIT_FAILED,
@@ -293,27 +294,6 @@ def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
 
 
 # ---- trials --------------------------------------------------------------------------------
-def _short_number(v: float) -> str:
-    if v == 0 or 1e-3 <= abs(v) < 1e5:
-        return f"{v:.4g}"
-    mantissa, exp = f"{v:.3e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exp)}"
-
-
-def format_value(v: Any) -> str:
-    """A setting as it appears in a trial id and a table: 1e-4, 0.1, 64x32, relu."""
-    if isinstance(v, bool) or v is None:
-        return str(v).lower()
-    if isinstance(v, float):
-        return _short_number(v)
-    if isinstance(v, list):
-        return "x".join(format_value(x) for x in v) or "none"
-    if isinstance(v, dict):
-        return ",".join(f"{k}={format_value(x)}" for k, x in v.items())
-    return str(v)
-
-
 def short_names(keys: list[str]) -> dict[str, str]:
     """optimizer.lr -> lr; the full key when two axes end the same way."""
     last = [k.split(".")[-1] for k in keys]
@@ -608,6 +588,16 @@ class _SigtermAsInterrupt:
             signal.signal(signal.SIGTERM, self.old)
 
 
+class SilentSweepReporter:
+    """What a sweep tells the console (app/report.py's SweepReporter prints it)."""
+    def start(self, info, rows): pass
+    def update(self, rows, progress): pass
+    def trial_finished(self, row, rows): pass
+    def message(self, text): pass
+    def close(self): pass
+    def end(self, info, records, result): pass
+
+
 def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local",
               address: str | None = None, runs_root: str | Path = "runs",
               reporter: Any = None) -> SweepResult:
@@ -652,8 +642,7 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
         rows[t.id] = row
     sweep_dir.mkdir(parents=True, exist_ok=True)
     workers = min(workers, max(len(jobs), 1))
-    from bptrain.app.report import SweepReporter
-    reporter = reporter or SweepReporter()
+    reporter = reporter or SilentSweepReporter()
     info = {"name": sweep.name, "dir": str(sweep_dir), "trials": len(trials),
             "to_run": len(jobs), "reused": sum(r["reused"] for r in rows.values()),
             "invalid": sum(t.error is not None for t in trials), "workers": workers,
@@ -707,7 +696,7 @@ def _write_best(sweep: Sweep, trial: Trial, rec: dict[str, Any], sweep_dir: Path
             f"# {sweep.metric} = {rec['metric']} (epoch {rec['epoch']}; goal: {sweep.goal}); "
             f"its run: {sweep_dir / trial.id}/\n"
             f"# train it again: bptrain run {sweep_dir / 'best.yaml'}\n")
-    from bptrain.training.trainer import atomic_write_bytes
+    from bptrain.training.rundir import atomic_write_bytes
     atomic_write_bytes(sweep_dir / "best.yaml",
                        lambda f: f.write((head + dump_config(trial.config)).encode()))
 
@@ -719,7 +708,7 @@ class _State:
         self.rows, self.dir, self.reporter, self.total = rows, sweep_dir, reporter, total
 
     def save(self) -> None:
-        from bptrain.training.trainer import atomic_write_bytes
+        from bptrain.training.rundir import atomic_write_bytes
         lines = "".join(json.dumps(r) + "\n" for r in
                         sorted(self.rows.values(), key=lambda r: r["index"]))
         atomic_write_bytes(self.dir / "sweep.jsonl", lambda f: f.write(lines.encode()))

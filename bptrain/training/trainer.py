@@ -1,14 +1,6 @@
 """Training: minibatch SGD (and successors) over a model built once, with evaluation,
-checkpoints that resume bit-identically, and every output in a run directory.
-
-Run directory (runs/<name>/):
-  config.yaml      the fully resolved config (defaults and overrides applied)
-  metrics.jsonl    one JSON object per evaluation, flushed as written
-  checkpoint.npz   params, optimizer state, RNG states, position: enough to resume exactly
-  best.npz         parameters of the best validation evaluation
-  model.npz        final parameters (+ standardization statistics)
-  summary.json     final and best metrics, timing
-Every .npz/.json is written to a temporary file and renamed, so a kill leaves the old one whole.
+checkpoints that resume bit-identically, and every output in a run directory (rundir.py owns
+its files). The console hears about it through a Reporter; this module prints nothing.
 """
 from __future__ import annotations
 
@@ -24,12 +16,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bptrain.net.config import Config, dump_config, load_config
-from bptrain.net.data import Dataset, load_dataset
-from bptrain.training.diagnostics import Diagnostics, announcements, warnings_summary
 from bptrain.errors import BptrainError, ConfigError, DataError, DivergenceError, EXIT_INTERRUPTED
-from bptrain.net.model import Model, build_model
+from bptrain.net.config import Config, dump_config, load_config
+from bptrain.net.data import Dataset, load_data, load_npz_safely
+from bptrain.net.model import Model, build_for_data
 from bptrain.net.optim import Optimizer, clip_global_norm, learning_rate
+from bptrain.training import rundir
+from bptrain.training.curves import save_loss_curves
+from bptrain.training.diagnostics import Diagnostics, announcements, warnings_summary
+from bptrain.training.rundir import RunDir
 
 
 class Interrupted(BptrainError):
@@ -64,70 +59,8 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-# ---- preparing ----------------------------------------------------------------------------
-def load_data(cfg: Config) -> Dataset:
-    """The dataset a config names; relative paths are taken from the config file's folder."""
-    d = cfg.data
-    base = Path(cfg.source_path).parent if cfg.source_path else None
-    return load_dataset(d.source, path=d.path, label=d.label, val_fraction=d.val_fraction,
-                        standardize=d.standardize, seed=cfg.seed, n_samples=d.n_samples,
-                        n_features=d.n_features, n_classes=d.n_classes,
-                        n_outputs=d.n_outputs, noise=d.noise, base_dir=base)
-
-
-def check_data_fits(cfg: Config, data: Dataset) -> None:
-    """Combinations that only the data can rule out."""
-    if cfg.loss.type in ("softmax", "svm") and not data.is_classification:
-        raise ConfigError(f"loss.type: '{cfg.loss.type}' needs integer class labels, but "
-                          f"{data.name} has real-valued targets of shape {data.y_train.shape}; "
-                          "use loss.type=mse.")
-    if cfg.loss.type == "mse" and data.is_classification and cfg.data.encoding != "onehot":
-        raise ConfigError(f"loss.type: MSE compares outputs with real targets, but {data.name} "
-                          "has integer class labels and no stated encoding; set "
-                          "data.encoding=onehot to regress one-hot rows, or use softmax/svm.")
-
-
-def build_for_data(cfg: Config, data: Dataset) -> Model:
-    check_data_fits(cfg, data)
-    return build_model(cfg, data.input_dim, data.output_dim, data.num_classes)
-
-
 def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(scores.argmax(axis=1) == y)) if len(y) else float("nan")
-
-
-# ---- files --------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, writer) -> None:
-    """Write via `writer(file)` into path.tmp, fsync, then rename over path."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        writer(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
-
-
-def save_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def fresh_run_dir(path: Path) -> Path:
-    """`path`, or path-2, path-3, ... if it already holds something: never overwrite a run."""
-    candidate, n = path, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
-
-
-def _json_array(obj: Any) -> np.ndarray:
-    """JSON text as a plain unicode array: storable in .npz without pickles."""
-    return np.array(json.dumps(obj))
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -158,13 +91,14 @@ class _StopFlag:
 class Trainer:
     """Holds everything one run needs; `run()` trains to the configured end."""
 
-    def __init__(self, cfg: Config, run_dir: Path, reporter: Reporter | None = None,
-                 data: Dataset | None = None):
+    def __init__(self, cfg: Config, run_dir: RunDir | Path, reporter: Reporter | None = None,
+                 data: Dataset | None = None, model: Model | None = None):
         self.cfg = cfg
-        self.run_dir = run_dir
+        self.dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run_dir = self.dir.path
         self.reporter = reporter or SilentReporter()
         self.data = data if data is not None else load_data(cfg)
-        self.model = build_for_data(cfg, self.data)
+        self.model = model if model is not None else build_for_data(cfg, self.data)
         dtype = self.model.dtype
         d = self.data
         # Cast once: float32 stays float32 end to end, and no step converts anything.
@@ -177,7 +111,9 @@ class Trainer:
         self.diagnostics = Diagnostics(self.model)  # per-layer numbers at each evaluation
         t = cfg.train
         n = len(self.X)
-        self.batch_size = min(t.batch_size, n)
+        # One optimizer step reads `accumulate` micro-batches of batch_size.
+        self.micro_batch = min(t.batch_size, n)
+        self.batch_size = min(t.batch_size * t.accumulate, n)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
         self.total_steps = t.iterations or t.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -227,6 +163,7 @@ class Trainer:
     # -- checkpoints --
     def checkpoint_arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
+        arrays.update({f"buffer/{k}": v for k, v in self.model.buffer_arrays().items()})
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
         meta = {"epoch": self.epoch, "batch_index": self.batch_index, "step": self.step,
                 "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
@@ -234,7 +171,7 @@ class Trainer:
                 "elapsed": self.elapsed(), "last_finite_loss": self.last_finite_loss,
                 "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "gate_rngs": [g.rng.bit_generator.state for g in self.model.rng_gates()]}
-        arrays["meta"] = _json_array(meta)
+        arrays["meta"] = rundir.json_array(meta)
         if self.perm is not None:
             arrays["perm"] = self.perm
         return arrays
@@ -244,11 +181,12 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def save_checkpoint(self) -> None:
-        save_npz(self.run_dir / "checkpoint.npz", self.checkpoint_arrays())
+        self.dir.save_arrays(rundir.CHECKPOINT, self.checkpoint_arrays())
 
     def restore(self, ckpt: dict[str, np.ndarray]) -> None:
         for k in self.model.params:
             self.model.params[k] = ckpt[f"param/{k}"]
+        self.model.load_buffers({k: ckpt[f"buffer/{k}"] for k in self.model.buffers})
         self.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in ckpt.items()
                                         if k.startswith("optim/")})
         meta = json.loads(str(ckpt["meta"]))
@@ -279,23 +217,42 @@ class Trainer:
 
     def train_step(self, X: np.ndarray, y: np.ndarray, lr: float) -> float:
         """Forward, backward, (clip), update: one step of training. Returns the loss."""
-        loss = self.model.forward_backward(X, y)
+        if self.cfg.train.accumulate == 1:
+            loss = self.model.forward_backward(X, y)
+            grads = {p.name: p.grad for p in self.param_nodes}
+        else:
+            loss, grads = self.accumulated(X, y)
         if not math.isfinite(loss):
             raise self.diverged(loss, lr)
-        grads = {p.name: p.grad for p in self.param_nodes}
         watched = self.diagnostics.before_step(self)  # only the step before an evaluation
         if self.cfg.train.grad_clip:
             clip_global_norm(grads, self.cfg.train.grad_clip)
-        self.optimizer.step(grads, lr, consume=True)  # grads are recomputed next step
+        self.optimizer.step(grads, lr)
         if watched:
             self.diagnostics.after_step()
         self.last_finite_loss = loss
         return loss
 
+    def accumulated(self, X: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Gradient accumulation: forward and backward on each micro-batch of `batch_size`
+        rows, gradients (and losses) averaged with weights by rows, so that k equal
+        micro-batches give exactly the gradient of one k-times larger batch."""
+        total = len(X)
+        loss, grads = 0.0, {}
+        for lo in range(0, total, self.micro_batch):
+            part = slice(lo, lo + self.micro_batch)
+            weight = len(X[part]) / total
+            loss += weight * self.model.forward_backward(X[part], y[part])
+            for p in self.param_nodes:
+                if p.name in grads:
+                    grads[p.name] += weight * p.grad
+                else:
+                    grads[p.name] = weight * p.grad
+        return loss, grads
+
     def run(self) -> RunResult:
         cfg, t = self.cfg, self.cfg.train
         n = len(self.X)
-        metrics_path = self.run_dir / "metrics.jsonl"
         self.started = time.perf_counter()
         self.reporter.start(self.describe())
         if cfg.model.init == "zeros" and len(self.model.weights) > 1:
@@ -305,7 +262,7 @@ class Trainer:
                 "xavier to train a real network.")
         # Overflow inside a diverging step is reported once, as a DivergenceError, not as
         # NumPy warnings.
-        with open(metrics_path, "a", encoding="utf-8") as metrics_file, _StopFlag() as stop, \
+        with self.dir.open_metrics() as metrics_file, _StopFlag() as stop, \
                 np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.step < self.total_steps:
                 lr = learning_rate(cfg.schedule, cfg.optimizer.lr, self.epoch, self.epochs)
@@ -351,7 +308,7 @@ class Trainer:
             score = self._score(rec)
             if score > self.best_score:
                 self.best_score, self.best = score, rec
-                save_npz(self.run_dir / "best.npz", dict(self.model.params))
+                self.dir.save_arrays(rundir.BEST, self.weight_arrays())
             self.reporter.evaluation(rec)
             for text in announcements(rec, self.history, self.cfg.optimizer.lr):
                 self.reporter.message(text)  # each pattern once, when it first appears
@@ -385,13 +342,17 @@ class Trainer:
         return (f"{name} received: stopped at epoch {self.epoch + 1}, step {self.step} and "
                 f"saved a checkpoint. Resume with: bptrain run --resume {self.run_dir}")
 
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """Parameters and running statistics: what best.npz and model.npz hold."""
+        return {**self.model.params, **self.model.buffer_arrays()}
+
     def finish(self) -> dict[str, Any]:
         elapsed = self.elapsed()
-        arrays = dict(self.model.params)
+        arrays = self.weight_arrays()
         if self.data.feature_mean is not None:
             arrays["_feature_mean"] = self.data.feature_mean
             arrays["_feature_std"] = self.data.feature_std
-        save_npz(self.run_dir / "model.npz", arrays)
+        self.dir.save_arrays(rundir.MODEL, arrays)
         last = self.history[-1] if self.history else {}
         summary = {"name": self.cfg.name, "config": str(self.cfg.source_path or ""),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -401,27 +362,10 @@ class Trainer:
                    "seconds": round(elapsed, 3),
                    "num_params": self.model.num_params, "final": last, "best": self.best,
                    "warnings": warnings_summary(self.history, self.cfg.optimizer.lr)}
-        save_json(self.run_dir / "summary.json", summary)
-        from bptrain.app.plot import save_loss_curves
-        save_loss_curves(self.run_dir / "curves.png", self.history, self.cfg.name)
+        self.dir.write_summary(summary)
+        save_loss_curves(self.dir / rundir.CURVES, self.history, self.cfg.name)
         self.reporter.end(summary, self.history)
         return summary
-
-
-def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
-    """Evaluations already logged up to a checkpoint; a torn last line (kill mid-write) and
-    anything after the checkpoint are dropped."""
-    records = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if rec.get("step", 0) > upto_step:
-                break
-            records.append(rec)
-    return records
 
 
 def train(cfg: Config | dict | str, *, out: str | Path | None = None,
@@ -436,38 +380,36 @@ def train(cfg: Config | dict | str, *, out: str | Path | None = None,
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
     data = load_data(cfg)
-    build_for_data(cfg, data)  # fail on impossible combinations before any directory exists
+    model = build_for_data(cfg, data)  # built once: fails before any directory exists
     if cfg.data.path is not None:
         # config.yaml is read back from the run directory (eval, --resume), where a relative
         # data.path would resolve against the wrong folder: record the path actually read.
         base = Path(cfg.source_path).parent if cfg.source_path else Path.cwd()
         path = os.path.abspath(base / Path(cfg.data.path).expanduser())
         cfg = replace(cfg, data=replace(cfg.data, path=path))
-    run_dir = fresh_run_dir(Path(out) if out else Path(runs_root) / cfg.name)
-    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(dump_config(cfg).encode()))
-    trainer = Trainer(cfg, run_dir, reporter, data)
+    run_dir = RunDir.create(Path(out) if out else Path(runs_root) / cfg.name)
+    run_dir.write_config(dump_config(cfg))
+    trainer = Trainer(cfg, run_dir, reporter, data, model)
     return trainer.run()
 
 
-def _resume(run_dir: Path, reporter: Reporter | None) -> RunResult:
-    from bptrain.net.data import load_npz_safely
-    if not (run_dir / "config.yaml").is_file():
+def _resume(path: Path, reporter: Reporter | None) -> RunResult:
+    run_dir = RunDir(path)
+    if not (run_dir / rundir.CONFIG).is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml). Give the folder "
                           "that `bptrain run` printed, e.g. runs/mlp.")
-    if not (run_dir / "checkpoint.npz").is_file():
+    if not (run_dir / rundir.CHECKPOINT).is_file():
         raise ConfigError(f"{run_dir}: no checkpoint.npz to resume from; the run stopped "
                           "before its first checkpoint. Start it again with bptrain run.")
-    cfg = load_config(run_dir / "config.yaml")
-    ckpt = load_npz_safely(run_dir / "checkpoint.npz")
+    cfg = load_config(run_dir / rundir.CONFIG)
+    ckpt = load_npz_safely(run_dir / rundir.CHECKPOINT)
     trainer = Trainer(cfg, run_dir, reporter)
     try:
         trainer.restore(ckpt)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise DataError(f"{run_dir / 'checkpoint.npz'}: does not match {run_dir / 'config.yaml'}"
                         f" ({e}); it cannot be resumed.") from None
-    metrics_path = run_dir / "metrics.jsonl"
-    trainer.history = _read_metrics(metrics_path, trainer.step)
+    trainer.history = run_dir.read_metrics(upto_step=trainer.step)
     # Rewrite the log without records past the checkpoint (they will be produced again).
-    atomic_write_bytes(metrics_path, lambda f: f.write("".join(
-        json.dumps(r) + "\n" for r in trainer.history).encode()))
+    run_dir.rewrite_metrics(trainer.history)
     return trainer.run()

@@ -1,15 +1,30 @@
-"""Activation functions and dropout. Each keeps the one array its backward needs."""
+"""Activation functions and dropout: one input, no parameters, the output shape of the input.
+Each keeps the one array its backward needs."""
 from __future__ import annotations
 
 import numpy as np
 
-from bptrain.engine.graph import Gate
+from bptrain.engine.gate import Gate, Setting, away_from_zero
 
 
-class ReLU(Gate):
+class Activation(Gate):
+    """Base of the elementwise activations: a layer type in configs and a trace function.
+    Subclasses set `name` and write forward/backward; `settings` become constructor keywords."""
+    kind = None  # the base itself is not a layer type
+
+    @classmethod
+    def examples(cls, rng):
+        gate = cls(**{k: s.default for k, s in cls.settings.items()})
+        return [(f"{gate.label()} {tag}", type(gate)(**{k: s.default for k, s in
+                                                         cls.settings.items()}),
+                 [away_from_zero(rng, *shape)]) for tag, shape in (("scalar", ()),
+                                                                   ("array", (4, 3)))]
+
+
+class ReLU(Activation):
     """z = max(0, x). The upstream passes where x > 0 and stops elsewhere (a router
     between x and 0); kinked at 0."""
-    name, pattern, kinked = "relu", "router", True
+    name, kind, pattern, kinked = "relu", "activation", "router", True
 
     def forward(self, x):
         self.mask = x > 0
@@ -22,9 +37,10 @@ class ReLU(Gate):
         return self.mask
 
 
-class LeakyReLU(Gate):
+class LeakyReLU(Activation):
     """z = x if x > 0 else slope * x. Local gradient 1 or slope; kinked at 0."""
-    name, kinked = "leaky_relu", True
+    name, kind, pattern, kinked = "leaky_relu", "activation", "router", True
+    settings = {"slope": Setting(0.01, float, ge=0.0, help="gradient below 0")}
 
     def __init__(self, slope: float = 0.01):
         self.slope = slope
@@ -44,9 +60,9 @@ class LeakyReLU(Gate):
         return self.mask
 
 
-class Sigmoid(Gate):
+class Sigmoid(Activation):
     """z = 1 / (1 + e^-x). Local gradient z (1 - z), from the output alone."""
-    name = "sigmoid"
+    name, kind, pattern = "sigmoid", "activation", "squasher"
 
     def forward(self, x):
         # 0.5 (1 + tanh(x/2)) equals the logistic function and never overflows.
@@ -57,9 +73,9 @@ class Sigmoid(Gate):
         return (upstream * self.out * (1.0 - self.out),)
 
 
-class Tanh(Gate):
+class Tanh(Activation):
     """z = tanh x. Local gradient 1 - z^2."""
-    name = "tanh"
+    name, kind, pattern = "tanh", "activation", "squasher"
 
     def forward(self, x):
         self.out = np.tanh(x)
@@ -69,10 +85,11 @@ class Tanh(Gate):
         return (upstream * (1.0 - self.out * self.out),)
 
 
-class ELU(Gate):
+class ELU(Activation):
     """z = x if x > 0 else alpha (e^x - 1). Local gradient 1, or z + alpha below 0.
     Smooth at 0 only when alpha = 1, so it is treated as kinked there."""
-    name, kinked = "elu", True
+    name, kind, kinked = "elu", "activation", True
+    settings = {"alpha": Setting(1.0, float, gt=0.0, help="the value approached below 0")}
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
@@ -97,7 +114,8 @@ class Dropout(Gate):
     """Inverted dropout: in training, zero each entry with probability p and scale the
     survivors by 1/(1-p), so evaluation is the identity and expected values match.
     The mask comes from the gate's own seeded generator (`rng`), saved in checkpoints."""
-    name = "dropout"
+    name, kind = "dropout", "shape"
+    settings = {"p": Setting(0.5, float, ge=0.0, lt=1.0, help="probability of dropping")}
 
     def __init__(self, p: float = 0.5, seed: int = 0):
         if not 0.0 <= p < 1.0:
@@ -118,3 +136,7 @@ class Dropout(Gate):
 
     def backward(self, upstream):
         return (upstream if self.scale is None else upstream * self.scale,)
+
+    @classmethod
+    def examples(cls, rng):
+        return [("dropout(0.3)", cls(0.3, seed=0), [away_from_zero(rng, 6, 5)])]

@@ -4,23 +4,55 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptrain.engine.graph import Gate
+from bptrain.engine.gate import EVERY_INPUT, Built, Gate, away_from_zero
+
+# Input shapes the binary gates are checked on: scalars, arrays, and broadcasting.
+BROADCASTS = (("scalars", (), ()), ("arrays", (4, 3), (4, 3)), ("broadcast row", (4, 3), (3,)),
+              ("broadcast col", (4, 3), (4, 1)), ("broadcast scalar", (4, 3), ()))
+
+
+def _binary_examples(cls, rng, positive_y: bool = False):
+    def y(shape):
+        v = away_from_zero(rng, *shape)
+        return np.abs(v) + 0.5 if positive_y else v
+    return [(f"{cls.name} {tag}", cls(), [away_from_zero(rng, *a), y(b)])
+            for tag, a, b in BROADCASTS]
 
 
 class Add(Gate):
-    """z = x + y. Local gradients are 1 and 1: the upstream is handed to both (distributor)."""
-    name, pattern = "add", "distributor"
+    """z = x + y (+ ...). Every local gradient is 1: the upstream is handed to each input
+    unchanged (distributor). As a merge layer it is the residual connection y = x + f(x)."""
+    name, kind, pattern = "add", "merge", "distributor"
 
-    def forward(self, x, y):
-        return x + y
+    def forward(self, *xs):
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out = out + x
+        self.count = len(xs)
+        return out
 
     def backward(self, upstream):
-        return upstream, upstream
+        return (upstream,) * self.count
+
+    @classmethod
+    def build(cls, in_shapes, settings, init):
+        if len(in_shapes) < 2:
+            raise ValueError("add merges two or more inputs; give `inputs: [a, b]`")
+        for s in in_shapes[1:]:
+            if tuple(s) != tuple(in_shapes[0]):
+                raise ValueError(f"add needs inputs of one shape, got {tuple(in_shapes[0])} and "
+                                 f"{tuple(s)}")
+        return Built(cls(), {}, tuple(in_shapes[0]))
+
+    @classmethod
+    def examples(cls, rng):
+        return _binary_examples(cls, rng) + [
+            ("add of three", cls(), [away_from_zero(rng, 4, 3) for _ in range(3)])]
 
 
 class Subtract(Gate):
     """z = x - y. Local gradients 1 and -1."""
-    name, pattern = "sub", "distributor"
+    name, kind, pattern = "sub", "operator", "distributor"
 
     def forward(self, x, y):
         return x - y
@@ -28,24 +60,32 @@ class Subtract(Gate):
     def backward(self, upstream):
         return upstream, -upstream
 
+    @classmethod
+    def examples(cls, rng):
+        return _binary_examples(cls, rng)
+
 
 class Multiply(Gate):
     """z = x * y. Each input's local gradient is the other input (swap multiplier)."""
-    name, pattern = "mul", "swap multiplier"
+    name, kind, pattern = "mul", "operator", "swap multiplier"
 
     def forward(self, x, y):
         self.x, self.y = x, y
         return x * y
 
-    def backward(self, upstream):
-        dx = upstream * self.y if self.needs_input_grad[0] else None
-        dy = upstream * self.x if self.needs_input_grad[1] else None
+    def backward(self, upstream, needs_input_grad=EVERY_INPUT):
+        dx = upstream * self.y if needs_input_grad[0] else None
+        dy = upstream * self.x if needs_input_grad[1] else None
         return dx, dy
+
+    @classmethod
+    def examples(cls, rng):
+        return _binary_examples(cls, rng)
 
 
 class Divide(Gate):
     """z = x / y. dz/dx = 1/y, dz/dy = -x/y^2."""
-    name, pattern = "div", "scaler"
+    name, kind, pattern = "div", "operator", "scaler"
 
     def forward(self, x, y):
         self.x, self.y = x, y
@@ -55,10 +95,14 @@ class Divide(Gate):
         dx = upstream / self.y
         return dx, -dx * self.x / self.y
 
+    @classmethod
+    def examples(cls, rng):
+        return _binary_examples(cls, rng, positive_y=True)
+
 
 class Negate(Gate):
     """z = -x. Local gradient -1."""
-    name, pattern = "neg", "sign flipper"
+    name, kind, pattern = "neg", "operator", "sign flipper"
 
     def forward(self, x):
         return -x
@@ -66,10 +110,14 @@ class Negate(Gate):
     def backward(self, upstream):
         return (-upstream,)
 
+    @classmethod
+    def examples(cls, rng):
+        return [(f"neg {tag}", cls(), [away_from_zero(rng, *s)]) for tag, s in SHAPES]
+
 
 class Power(Gate):
     """z = x ** p for a constant p. Local gradient p * x^(p-1)."""
-    name, pattern = "pow", "scaler"
+    name, kind, pattern = "pow", "operator", "scaler"
 
     def __init__(self, exponent: float):
         self.exponent = exponent
@@ -85,11 +133,25 @@ class Power(Gate):
         p = self.exponent
         return (upstream * p * self.x ** (p - 1),)
 
+    @classmethod
+    def examples(cls, rng):
+        return [c for tag, s in SHAPES for c in (
+            (f"pow(3) {tag}", cls(3), [away_from_zero(rng, *s)]),
+            (f"pow(-0.5) {tag}", cls(-0.5), [np.abs(away_from_zero(rng, *s)) + 0.5]))]
+
+
+SHAPES = (("scalar", ()), ("array", (4, 3)))
+
+
+def _apart(rng, shape):
+    x = away_from_zero(rng, *shape)  # y differs from x by at least 0.2, so max/min never tie
+    return [x, x + away_from_zero(rng, *shape)]
+
 
 class Maximum(Gate):
     """z = max(x, y), elementwise. The upstream goes to the larger input only (router).
     Ties go to x; the derivative jumps there, so the gate is kinked."""
-    name, pattern, kinked = "max", "router", True
+    name, kind, pattern, kinked = "max", "function", "router", True
 
     def forward(self, x, y):
         self.x_wins = np.greater_equal(x, y)
@@ -101,25 +163,37 @@ class Maximum(Gate):
     def branches(self):
         return self.x_wins
 
+    @classmethod
+    def examples(cls, rng):
+        return [(f"{cls.name} {tag}", cls(), _apart(rng, s)) for tag, s in SHAPES] + [
+            (f"{cls.name} broadcast", cls(), [away_from_zero(rng, 4, 3),
+                                              away_from_zero(rng, 3) + 3.0])]
 
-class Minimum(Gate):
+
+class Minimum(Maximum):
     """z = min(x, y), elementwise: routes the upstream to the smaller input."""
-    name, pattern, kinked = "min", "router", True
+    name = "min"
 
     def forward(self, x, y):
         self.x_wins = np.less_equal(x, y)
         return np.minimum(x, y)
 
-    def backward(self, upstream):
-        return upstream * self.x_wins, upstream * ~self.x_wins
 
-    def branches(self):
-        return self.x_wins
+class _Unary(Gate):
+    """A one-input elementwise gate, checked on a scalar and an array."""
+    positive_inputs = False
+
+    @classmethod
+    def examples(cls, rng):
+        def x(shape):
+            v = away_from_zero(rng, *shape)
+            return np.abs(v) + 0.5 if cls.positive_inputs else v
+        return [(f"{cls.name} {tag}", cls(), [x(s)]) for tag, s in SHAPES]
 
 
-class Abs(Gate):
+class Abs(_Unary):
     """z = |x|. Local gradient sign(x) (0 at 0); kinked at 0."""
-    name, kinked = "abs", True
+    name, kind, kinked = "abs", "function", True
 
     def forward(self, x):
         self.sign = np.sign(x)
@@ -132,9 +206,9 @@ class Abs(Gate):
         return self.sign
 
 
-class Exp(Gate):
+class Exp(_Unary):
     """z = e^x. Local gradient e^x, the output itself."""
-    name = "exp"
+    name, kind = "exp", "function"
 
     def forward(self, x):
         self.out = np.exp(x)
@@ -144,9 +218,9 @@ class Exp(Gate):
         return (upstream * self.out,)
 
 
-class Log(Gate):
+class Log(_Unary):
     """z = ln x. Local gradient 1/x."""
-    name = "log"
+    name, kind, positive_inputs = "log", "function", True
 
     def forward(self, x):
         self.x = x
@@ -159,13 +233,13 @@ class Log(Gate):
 class Sum(Gate):
     """z = sum of x over `axis` (all axes when None). Every entry's local gradient is 1, so
     the upstream is copied back over the summed axes (distributor)."""
-    name, pattern = "sum", "distributor"
+    name, kind, pattern = "sum", "operator", "distributor"
 
     def __init__(self, axis: int | tuple[int, ...] | None = None):
         self.axis = axis
 
     def label(self) -> str:
-        return "sum" if self.axis is None else f"sum(axis={self.axis})"
+        return self.name if self.axis is None else f"{self.name}(axis={self.axis})"
 
     def forward(self, x):
         self.shape = np.shape(x)
@@ -176,13 +250,15 @@ class Sum(Gate):
             upstream = np.expand_dims(upstream, self.axis)
         return (np.broadcast_to(upstream, self.shape),)
 
+    @classmethod
+    def examples(cls, rng):
+        return [(g.label(), g, [away_from_zero(rng, 4, 3)]) for g in (cls(), cls(axis=0),
+                                                                       cls(axis=1))]
+
 
 class Mean(Sum):
     """z = mean of x over `axis`. Local gradient 1/count for every entry."""
     name = "mean"
-
-    def label(self) -> str:
-        return "mean" if self.axis is None else f"mean(axis={self.axis})"
 
     def forward(self, x):
         total = super().forward(x)

@@ -6,28 +6,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptrain.engine.graph import Gate
+from bptrain.engine.gate import EVERY_INPUT, Built, Gate, Setting, away_from_zero
 
 
 class MatMul(Gate):
     """Y = X @ W.  X: (N, D), W: (D, M) -> Y: (N, M)."""
-    name, pattern = "matmul", "swap multiplier"
-    fresh_downstream = True
+    name, kind, pattern = "matmul", "operator", "swap multiplier"
 
     def forward(self, X, W):
         self.X, self.W = X, W
         return X @ W
 
-    def backward(self, upstream):
+    def backward(self, upstream, needs_input_grad=EVERY_INPUT):
         # An input that needs no gradient (the data X) costs no matmul.
-        dX = upstream @ self.W.T if self.needs_input_grad[0] else None
-        dW = self.X.T @ upstream if self.needs_input_grad[1] else None
+        dX = upstream @ self.W.T if needs_input_grad[0] else None
+        dW = self.X.T @ upstream if needs_input_grad[1] else None
         return dX, dW
+
+    def macs(self, X, W):
+        return int(np.prod(X[:-1], dtype=np.int64)) * X[-1] * W[-1] if len(W) == 2 else 0
+
+    @classmethod
+    def examples(cls, rng):
+        return [("matmul", cls(), [away_from_zero(rng, 5, 4), away_from_zero(rng, 4, 3)])]
 
 
 class BiasAdd(Gate):
     """Y = X + b.  X: (N, M), b: (M,). b was copied to every row, so db sums over rows."""
-    name, pattern = "bias_add", "distributor"
+    name, kind, pattern = "bias_add", "operator", "distributor"
 
     def forward(self, X, b):
         return X + b
@@ -35,21 +41,53 @@ class BiasAdd(Gate):
     def backward(self, upstream):
         return upstream, upstream.sum(axis=0)
 
+    @classmethod
+    def examples(cls, rng):
+        return [("bias_add", cls(), [away_from_zero(rng, 5, 3), away_from_zero(rng, 3)])]
+
 
 class Affine(Gate):
     """Y = X @ W + b, fused into one gate (one output buffer, no intermediate X @ W node).
-    X: (N, D), W: (D, M), b: (M,) -> Y: (N, M). The same math as MatMul then BiasAdd."""
-    name, pattern = "affine", "swap multiplier"
-    fresh_downstream = True
+    X: (N, D), W: (D, M), b: (M,) -> Y: (N, M). The same math as MatMul then BiasAdd.
+    In a config: {type: affine, units: M}; the last affine layer's units are the data's
+    classes (or target columns) and may be left out. Images are flattened first."""
+    name, kind, pattern = "affine", "layer", "swap multiplier"
+    settings = {"units": Setting(None, int, gt=0, nullable=True,
+                                 help="outputs; the last affine layer's come from the data"),
+                "bias": Setting(True, bool, help="add a bias b")}
 
-    def forward(self, X, W, b):
+    def forward(self, X, W, b=None):
         self.X, self.W = X, W
         out = X @ W
-        out += b  # in place: `out` is a fresh array we own
+        if b is not None:
+            out += b  # in place: `out` is a fresh array we own
         return out
 
-    def backward(self, upstream):
-        dX = upstream @ self.W.T if self.needs_input_grad[0] else None
-        dW = self.X.T @ upstream if self.needs_input_grad[1] else None
-        db = upstream.sum(axis=0) if self.needs_input_grad[2] else None
-        return dX, dW, db
+    def backward(self, upstream, needs_input_grad=EVERY_INPUT):
+        dX = upstream @ self.W.T if needs_input_grad[0] else None
+        dW = self.X.T @ upstream if needs_input_grad[1] else None
+        if len(needs_input_grad) == 2:
+            return dX, dW
+        return dX, dW, upstream.sum(axis=0) if needs_input_grad[2] else None
+
+    def macs(self, X, W, *b):
+        return int(X[0]) * int(W[0]) * int(W[1])
+
+    @classmethod
+    def build(cls, in_shapes, settings, init):
+        (shape,) = in_shapes
+        if len(shape) != 1:
+            raise ValueError(f"affine takes flat features (D,), got {tuple(shape)}; add "
+                             "{type: flatten} before it")
+        (d,), m = shape, settings["units"]
+        W = init((d, m), d, m)
+        if not settings.get("bias", True):
+            return Built(MatMul(), {"W": W}, (m,))  # Y = X W: the affine layer's first half
+        return Built(cls(), {"W": W, "b": np.zeros(m)}, (m,))
+
+    @classmethod
+    def examples(cls, rng):
+        return [("affine", cls(), [away_from_zero(rng, 5, 4), away_from_zero(rng, 4, 3),
+                                   away_from_zero(rng, 3)]),
+                ("affine without bias", cls(), [away_from_zero(rng, 5, 4),
+                                                away_from_zero(rng, 4, 3)])]

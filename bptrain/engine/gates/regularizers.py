@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptrain.engine.graph import Gate
+from bptrain.engine.gate import Gate, away_from_zero
 
 
-class L2(Gate):
-    """R = 0.5 * strength * sum_k sum(W_k^2). Local gradient strength * W_k (PyTorch's
-    weight_decay)."""
-    name = "l2"
-    fresh_downstream = True
+class _Penalty(Gate):
+    """A `regularization.type`: a strength, any number of weight arrays in, one scalar out."""
+    kind = "penalty"
 
     def __init__(self, strength: float):
         self.strength = strength
 
     def label(self) -> str:
-        return f"l2({self.strength:g})"
+        return f"{self.name}({self.strength:g})"
+
+    @classmethod
+    def examples(cls, rng):
+        return [(f"{cls.name}(0.1)", cls(0.1), [away_from_zero(rng, 4, 3),
+                                               away_from_zero(rng, 3, 2)])]
+
+
+class L2(_Penalty):
+    """R = 0.5 * strength * sum_k sum(W_k^2). Local gradient strength * W_k (PyTorch's
+    weight_decay)."""
+    name = "l2"
 
     def forward(self, *weights):
         self.weights = weights
@@ -27,16 +36,9 @@ class L2(Gate):
         return tuple(W * (self.strength * upstream) for W in self.weights)
 
 
-class L1(Gate):
+class L1(_Penalty):
     """R = strength * sum_k sum(|W_k|). Local gradient strength * sign(W_k); kinked at 0."""
     name, kinked = "l1", True
-    fresh_downstream = True
-
-    def __init__(self, strength: float):
-        self.strength = strength
-
-    def label(self) -> str:
-        return f"l1({self.strength:g})"
 
     def forward(self, *weights):
         self.signs = [np.sign(W) for W in weights]

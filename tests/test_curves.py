@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from bptrain.net.config import load_config
-from bptrain.app.plot import save_loss_curves
+from bptrain.training.curves import save_loss_curves
 from bptrain.training.trainer import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
