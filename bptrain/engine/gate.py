@@ -87,6 +87,8 @@ class Gate:
                 gradient check can tell a kink crossing from a bug
       buffers   names of array attributes that are state but not parameters (batch norm's
                 running statistics): saved in checkpoints and model files
+      input_rank  3 for a layer that reads images (C, H, W) per sample: the data then reach
+                the network as (N, C, H, W) and images are standardized per channel
     Instance attribute set by the Graph: training (False in evaluation mode).
     """
 
@@ -97,6 +99,7 @@ class Gate:
     pattern: ClassVar[str | None] = None
     kinked: ClassVar[bool] = False
     buffers: ClassVar[tuple[str, ...]] = ()
+    input_rank: ClassVar[int | None] = None  # 3: a layer that reads images (C, H, W)
     training: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -23,7 +23,7 @@ def check_config(cfg: Any, *, samples: int | None = 100, h: float = H, seed: int
     data = load_data(cfg)
     model = build_for_data(cfg, data)
     X, y = data.X_train[:batch], data.y_train[:batch]
-    model.graph.feed(X=X, y=model.targets(y))
+    model.graph.feed(X=model.shaped(X), y=model.targets(y))
     return check_graph(model.graph, model.loss, h=h, samples=samples, seed=seed)
 
 

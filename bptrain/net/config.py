@@ -68,6 +68,7 @@ class DataConfig:
     n_outputs: int | None = _opt(None, gt=0)
     noise: float | None = _opt(None, ge=0.0)
     encoding: str | None = _opt(None, choices=("onehot",))  # MSE on class labels
+    shape: list[int] | None = _opt(None, gt=0)  # [C, H, W] of each flat row, for images
 
 
 @dataclass

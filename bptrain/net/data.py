@@ -68,6 +68,7 @@ class Dataset:
     name: str
     feature_mean: np.ndarray | None = None
     feature_std: np.ndarray | None = None
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of each row, for images
 
     @property
     def input_dim(self) -> int:
@@ -88,7 +89,8 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
                  val_fraction: float = 0.2, standardize: bool = True, seed: int = 0,
                  n_samples: int | None = None, n_features: int | None = None,
                  n_classes: int | None = None, n_outputs: int | None = None,
-                 noise: float | None = None, base_dir: str | Path | None = None) -> Dataset:
+                 noise: float | None = None, base_dir: str | Path | None = None,
+                 shape: tuple[int, ...] | None = None, per_channel: bool = False) -> Dataset:
     """Load `source`, validate it, split off validation data and standardize the features.
 
     path: the file (npz, csv) or directory (cifar10, mnist); relative to base_dir if given (the
@@ -97,6 +99,10 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
     permutation by np.random.default_rng(seed); ignored when the file brings X_val and y_val.
     n_classes: for spiral and blobs, how many to make; for other classification sources, the
     class count to expect (labels must lie in 0..n_classes-1; default max label + 1).
+    Images keep X flat, (N, C*H*W) in C order, and carry `image_shape` (C, H, W): digits
+    (1, 8, 8), MNIST (1, 28, 28), CIFAR-10 (3, 32, 32), an npz whose X is 4-D, or `shape`.
+    per_channel: standardize images by one mean and std per channel (for convolutional
+    networks) instead of per feature.
     """
     if source not in SOURCES:
         raise DataError(f"data.source: unknown source {source!r}; choose one of "
@@ -111,6 +117,7 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
 
     name = source
     X_val = y_val = None
+    image_shape = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}.get(source)
     if source == "digits":
         X, y = _load_digits()
     elif source in SYNTHETIC_SOURCES:
@@ -136,7 +143,19 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
         else:
             X, y, X_val, y_val = _load_mnist(file)
 
+    if getattr(X, "ndim", 0) == 4:  # an npz of images (N, C, H, W): rows in C order
+        image_shape = tuple(int(s) for s in X.shape[1:])
+        X = X.reshape(len(X), -1)
+        if X_val is not None and getattr(X_val, "ndim", 0) == 4:
+            X_val = X_val.reshape(len(X_val), -1)
     X, y = _check_arrays(X, y, name, "X", "y")
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or int(np.prod(shape)) != X.shape[1]:
+            raise DataError(f"data.shape: {list(shape)} does not fit {name}'s {X.shape[1]} "
+                            "features; give [C, H, W] with C*H*W equal to the number of "
+                            f"features (e.g. [1, {X.shape[1]}, 1]).")
+        image_shape = shape
     if X_val is not None:
         X_val, y_val = _check_arrays(X_val, y_val, name, "X_val", "y_val", allow_empty=True)
         if X_val.shape[1] != X.shape[1] or y_val.shape[1:] != y.shape[1:]:
@@ -156,7 +175,11 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
         y_train, y_val = y_train.astype(np.float64), y_val.astype(np.float64)
 
     mean = std = None
-    if standardize:
+    if standardize and per_channel and image_shape is not None:
+        mean, std = channel_stats(X_train, image_shape)
+        X_train = apply_standardization(X_train, mean, std)
+        X_val = apply_standardization(X_val, mean, std)
+    elif standardize:
         mean, std = feature_stats(X_train)
         X_train = apply_standardization(X_train, mean, std)
         X_val = apply_standardization(X_val, mean, std)
@@ -164,7 +187,7 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
     c = np.ascontiguousarray
     return Dataset(X_train=c(X_train, dtype=np.float64), y_train=c(y_train),
                    X_val=c(X_val, dtype=np.float64), y_val=c(y_val), num_classes=num_classes,
-                   name=name, feature_mean=mean, feature_std=std)
+                   name=name, feature_mean=mean, feature_std=std, image_shape=image_shape)
 
 
 # --- standardization ------------------------------------------------------------------------
@@ -183,6 +206,18 @@ def feature_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean[constant] = X[0, constant]
     std[constant] = 1.0
     return mean, std
+
+
+def channel_stats(X: np.ndarray, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """One mean and std per channel over (N, H, W), repeated over each channel's pixels, so
+    the result applies to flat rows like `feature_stats`'s (D,) arrays."""
+    C = image_shape[0]
+    images = np.asarray(X, dtype=np.float64).reshape(len(X), C, -1)
+    mean = images.mean(axis=(0, 2))
+    std = images.std(axis=(0, 2))
+    std = np.where(std > 0, std, 1.0)
+    per_pixel = int(np.prod(image_shape[1:]))
+    return np.repeat(mean, per_pixel), np.repeat(std, per_pixel)
 
 
 def apply_standardization(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -691,4 +726,19 @@ def load_data(cfg: Any) -> Dataset:
     return load_dataset(d.source, path=d.path, label=d.label, val_fraction=d.val_fraction,
                         standardize=d.standardize, seed=cfg.seed, n_samples=d.n_samples,
                         n_features=d.n_features, n_classes=d.n_classes,
-                        n_outputs=d.n_outputs, noise=d.noise, base_dir=base)
+                        n_outputs=d.n_outputs, noise=d.noise, base_dir=base,
+                        shape=d.shape, per_channel=takes_images(cfg))
+
+
+def takes_images(cfg: Any) -> bool:
+    """True when the config's network has a layer that reads images (C, H, W): a
+    convolution, a pooling, a spatial normalization (their gate classes say so)."""
+    from bptrain.engine.gate import LAYER_KINDS, registry
+
+    def walk(layers: list) -> bool:
+        for layer in layers:
+            cls = registry.find(layer["type"], LAYER_KINDS)
+            if (cls is not None and cls.input_rank == 3) or walk(layer.get("layers", [])):
+                return True
+        return False
+    return cfg.model.layers is not None and walk(cfg.model.layers)

@@ -326,9 +326,16 @@ class Model:
         """What the loss gate compares scores with: labels, or one-hot rows for MSE."""
         return self._eye[y] if self.onehot and y.ndim == 1 else y
 
+    def shaped(self, X: np.ndarray) -> np.ndarray:
+        """X as the network reads it: flat rows of an image network become (N, C, H, W)
+        (a view, no copy)."""
+        if len(self.input_shape) > 1 and np.ndim(X) == 2:
+            return np.reshape(X, (len(X), *self.input_shape))
+        return X
+
     def forward_backward(self, X: np.ndarray, y: np.ndarray) -> float:
         """One training pass: total loss, with every parameter's gradient left in node.grad."""
-        self.graph.forward(self.loss, X=X, y=self.targets(y))
+        self.graph.forward(self.loss, X=self.shaped(X), y=self.targets(y))
         self.graph.backward(self.loss)
         return float(self.loss.value)
 
@@ -345,7 +352,7 @@ class Model:
         statistics in batch normalization)."""
         self.graph.set_training(False)
         try:
-            loss = float(self.graph.forward(self.loss, X=X, y=self.targets(y)))
+            loss = float(self.graph.forward(self.loss, X=self.shaped(X), y=self.targets(y)))
             return loss, self.scores_node.value
         finally:
             self.graph.set_training(True)
@@ -354,7 +361,7 @@ class Model:
         """Class scores (or regression outputs) for X, in evaluation mode."""
         self.graph.set_training(False)
         try:
-            return self.graph.forward(self.scores_node, X=X).copy()
+            return self.graph.forward(self.scores_node, X=self.shaped(X)).copy()
         finally:
             self.graph.set_training(True)
 
@@ -410,5 +417,19 @@ def check_data_fits(cfg: Config, data: Any) -> None:
 def build_for_data(cfg: Config, data: Any) -> Model:
     """The config's network for a loaded Dataset: its input shape, classes or outputs."""
     check_data_fits(cfg, data)
-    return build_model(cfg, getattr(data, "input_shape", None) or data.input_dim,
-                       data.output_dim, data.num_classes)
+    shape = input_shape(cfg, data)
+    return build_model(cfg, shape if len(shape) > 1 else shape[0], data.output_dim,
+                       data.num_classes)
+
+
+def input_shape(cfg: Config, data: Any) -> Shape:
+    """What one sample looks like to the network: (C, H, W) for a network with image layers
+    (the dataset's image shape), else (D,)."""
+    from bptrain.net.data import takes_images
+    if takes_images(cfg):
+        if data.image_shape is None:
+            raise ConfigError(f"model.layers: the network has image layers (conv, pooling), but "
+                              f"{data.name} has flat rows of {data.input_dim} features and no "
+                              "image shape; set data.shape: [C, H, W].")
+        return tuple(data.image_shape)
+    return (data.input_dim,)

@@ -36,16 +36,14 @@ class GraphSummary:
 
 
 def _macs(gate: Any, inputs: list[np.ndarray]) -> int:
-    if isinstance(gate, (G.MatMul, G.Affine)):
-        (n, d), m = inputs[0].shape, inputs[1].shape[1]
-        return n * d * m
-    return 0
+    """Multiply-adds of one forward, as the gate class counts them."""
+    return int(gate.macs(*[np.shape(x) for x in inputs]))
 
 
 def summarize_graph(model: Model, batch: int) -> GraphSummary:
     """Run one forward on zeros of the batch size, then read shapes and caches off the nodes."""
     g = model.graph
-    X = np.zeros((batch, model.input_dim), dtype=model.dtype)
+    X = np.zeros((batch, *model.input_shape), dtype=model.dtype)
     # Class labels for a classifier; a row of target values per sample for regression.
     y = (np.zeros(batch, dtype=np.int64) if model.num_classes is not None
          else np.zeros((batch, model.output_dim), dtype=model.dtype))

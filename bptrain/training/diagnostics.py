@@ -76,7 +76,7 @@ def layers_of(model: Any) -> list[_Watched]:
             W = node.inputs[1]
             b = node.inputs[2] if len(node.inputs) > 2 else None
             out.append(_Watched(layer.name, W, b, None, None, layer.name != "scores"))
-        elif out and out[-1].activation is None and not layer.kind.startswith("dropout"):
+        elif out and out[-1].activation is None and layer.node.gate.kind == "activation":
             gate = layer.node.gate
             out[-1].activation = gate.name or type(gate).__name__.lower()
             out[-1].act_node = layer.node

@@ -102,9 +102,11 @@ class Trainer:
         dtype = self.model.dtype
         d = self.data
         # Cast once: float32 stays float32 end to end, and no step converts anything.
-        self.X = np.ascontiguousarray(d.X_train, dtype=dtype)
+        # Images reach the network as (N, C, H, W): a view of the flat rows, no copy.
+        shape = (-1, *self.model.input_shape)
+        self.X = np.ascontiguousarray(d.X_train, dtype=dtype).reshape(shape)
         self.y = d.y_train if d.is_classification else np.ascontiguousarray(d.y_train, dtype)
-        self.X_val = np.ascontiguousarray(d.X_val, dtype=dtype)
+        self.X_val = np.ascontiguousarray(d.X_val, dtype=dtype).reshape(shape)
         self.y_val = d.y_val if d.is_classification else np.ascontiguousarray(d.y_val, dtype)
         self.optimizer = Optimizer(cfg.optimizer, dict(self.model.params))
         self.param_nodes = self.model.params.nodes()

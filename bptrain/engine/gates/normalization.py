@@ -167,7 +167,7 @@ class BatchNorm(Gate):
         # Few entries per statistic: each of the M outputs a perturbation moves adds its
         # rounding to the centered difference, and a (4, 3, 5, 5) batch (M = 100) already
         # brings dx's smallest entries near a 1e-7 relative error.
-        shape = (8, 5) if cls.sample_ndim == 1 else (2, 3, 4, 4)
+        shape = (8, 5) if cls.sample_ndim == 1 else (2, 3, 3, 3)
         C = shape[1]
 
         def batch():  # not already normalized, so the statistics matter
@@ -200,6 +200,7 @@ class SpatialBatchNorm(BatchNorm):
     running_mean/running_var have shape (C,).
     """
     name, kind = "spatial_batchnorm", "layer"
+    input_rank = 3
     axes = (0, 2, 3)
     sample_ndim = 3
 
@@ -261,6 +262,7 @@ class GroupNorm(Gate):
     (CS231n's gamma and beta have shape (1, C, 1, 1); here they are (C,) like batch norm's.)
     """
     name, kind = "groupnorm", "layer"
+    input_rank = 3
     settings = {"groups": Setting(1, int, gt=0, help="channel groups, each normalized on its "
                                                      "own; must divide C (1: layer norm over "
                                                      "(C, H, W); C: instance norm)"),
