@@ -96,12 +96,13 @@ def test_mlp_rows_fan_out_and_totals():
     assert table["W1"][3] == "64x100"
     assert table["W1"][4] == f"{64 * 100:,}" == "6,400"
     # W1 feeds the first affine gate and the L2 regularizer: it fans out (a copy gate).
-    note = table["W1"][5]
+    note = table["W1"][6]
     assert "copy" in note and "fc1" in note and "reg_loss" in note
+    assert table["fc1"][5] == f"{64 * 64 * 100:,}"  # the layer's multiply-adds per batch
     assert table["fc1"][2] == "X, W1, b1"
     assert "W1" in table["reg_loss"][2]
     # Biases are not regularized: no fan-out.
-    assert table["b1"][5] == ""
+    assert table["b1"][6] == ""
     assert table["relu1"][3] == "64x100" and table["scores"][3] == "64x10"
     assert table["loss"][3] == "scalar"
     params = 64 * 100 + 100 + 100 * 10 + 10

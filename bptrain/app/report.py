@@ -35,7 +35,8 @@ def network_table(layers: Sequence[Any], batch: int | None = None) -> Table:
     table.add_column("in -> out", justify="right")
     table.add_column("params", justify="right")
     for layer in layers:
-        table.add_row(layer.name, layer.kind, f"{layer.in_dim} -> {layer.out_dim}",
+        shape_in, shape_out = ("x".join(map(str, s)) for s in (layer.in_shape, layer.out_shape))
+        table.add_row(layer.name, layer.kind, f"{shape_in} -> {shape_out}",
                       f"{layer.params:,}" if layer.params else "")
     return table
 
@@ -95,10 +96,14 @@ class RichReporter:
         c = self.console
         resumed = f" (resumed at step {info['resumed_at']})" if info["resumed_at"] else ""
         c.print(Text(f"bptrain run -> {info['run_dir']}{resumed}", style="bold"))
-        n_tr, d = info["train_shape"]
+        n_tr, *sample = info["train_shape"]
+        d = "x".join(map(str, sample))
         classes = f", {info['num_classes']} classes" if info["num_classes"] else ""
         c.print(f"data   {info['data']}: train {n_tr} x {d}, val {info['val_shape'][0]}"
                 f"{classes}  ({info['dtype']})")
+        for spec in info.get("user_code", []):
+            c.print(Text(f"user code: {spec} was loaded and runs in this network",
+                         style="yellow"))
         c.print(network_table(info["layers"]))
         c.print(f"params {info['num_params']:,}   loss {describe_loss(info['loss'], info['regularization'])}")
         c.print(f"optim  {describe_optimizer(info['optimizer'])}, schedule "
@@ -277,13 +282,14 @@ def graph_table(s: Any, title: str) -> list[Any]:
     """`bptrain show`: one row a node, then totals."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col, j in (("node", "left"), ("gate", "left"), ("inputs", "left"), ("shape", "right"),
-                   ("params", "right"), ("note", "left")):
+                   ("params", "right"), ("MACs", "right"), ("note", "left")):
         table.add_column(col, justify=j)
     for r in s.rows:
         note = f"copy -> {', '.join(r.consumers)}" if len(r.consumers) > 1 else ""
         table.add_row(r.name, r.gate, ", ".join(r.inputs),
                       "x".join(map(str, r.shape)) or "scalar",
-                      f"{r.params:,}" if r.params else "", note)
+                      f"{r.params:,}" if r.params else "", f"{r.macs:,}" if r.macs else "",
+                      note)
     fans_out = any(len(r.consumers) > 1 for r in s.rows)
     totals = Text(("copy: a value used by several gates; their gradients add up in backward.\n"
                    if fans_out else "") + f"parameters {s.params:,}   forward multiply-adds per batch of {s.batch}: "

@@ -56,11 +56,19 @@ def _opt(default: Any = MISSING, *, choices: Any = None, ge: float | None = None
 
 
 @dataclass
+class AugmentConfig:
+    """Training images only: random crops after zero padding, random horizontal flips."""
+    flip: bool = False
+    crop_pad: int = _opt(0, ge=0, le=64)
+
+
+@dataclass
 class DataConfig:
     source: str = _opt("digits", choices=SOURCES)
     path: str | None = None            # npz, csv: a file; cifar10, mnist: a directory
     label: str | None = None           # csv: the label column (default: the last one)
     val_fraction: float = _opt(0.2, ge=0.0, lt=1.0)
+    test_fraction: float = _opt(0.0, ge=0.0, lt=1.0)  # held out first, used for no choice
     standardize: bool = True
     n_samples: int | None = _opt(None, gt=0)   # synthetic sources
     n_features: int | None = _opt(None, gt=0)
@@ -69,6 +77,7 @@ class DataConfig:
     noise: float | None = _opt(None, ge=0.0)
     encoding: str | None = _opt(None, choices=("onehot",))  # MSE on class labels
     shape: list[int] | None = _opt(None, gt=0)  # [C, H, W] of each flat row, for images
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -120,10 +129,22 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    type: str = _opt("constant", choices=("constant", "step", "exponential", "cosine"))
+    type: str = _opt("constant", choices=("constant", "step", "exponential", "cosine",
+                                          "plateau"))
     every: int = _opt(10, gt=0)            # step: epochs between decays
-    gamma: float = _opt(0.5, gt=0.0, le=1.0)  # step, exponential: factor per decay
-    min_lr: float = _opt(0.0, ge=0.0)      # cosine: the floor
+    gamma: float = _opt(0.5, gt=0.0, le=1.0)  # step, exponential, plateau: factor per decay
+    min_lr: float = _opt(0.0, ge=0.0)      # cosine, plateau: the floor
+    warmup_epochs: int = _opt(0, ge=0)     # linear warm-up, multiplying any type
+    per_step: bool = False                 # cosine and warm-up: per step, not per epoch
+    patience: int = _opt(10, ge=0)         # plateau: evaluations without improvement
+    threshold: float = _opt(1e-4, ge=0.0)  # plateau: relative improvement that counts
+
+
+@dataclass
+class EarlyStoppingConfig:
+    metric: str = _opt("val_loss", choices=("val_loss", "val_acc", "train_loss"))
+    patience: int = _opt(5, ge=0)          # evaluations without improvement before stopping
+    min_delta: float = _opt(0.0, ge=0.0)   # the smallest change that counts as improvement
 
 
 @dataclass
@@ -138,6 +159,8 @@ class TrainConfig:
     grad_clip: float | None = _opt(None, gt=0.0)  # max global gradient norm
     dtype: str = _opt("float64", choices=("float64", "float32"))
     train_eval_samples: int = _opt(1000, gt=0)  # training accuracy on a fixed sample
+    tensorboard: bool = False              # event files in runs/NAME/tensorboard/ (tensorboardX)
+    early_stopping: EarlyStoppingConfig | None = None  # null: train to the end
 
 
 @dataclass
@@ -494,7 +517,28 @@ def apply_override(data: dict, override: str) -> None:
             raise ConfigError(f"override {key}: '{'.'.join(parts[:depth + 1])}' is a value, "
                               "not a section.")
         node = child
+    for other in _other_spellings(parts):  # --set optimizer.learning_rate=... replaces lr
+        node.pop(other, None)
     node[parts[-1]] = value
+
+
+def _other_spellings(parts: typing.Sequence[str]) -> tuple[str, ...]:
+    """The other names of the key that the dotted `parts` name (lr for learning_rate and the
+    reverse), found by walking the Config dataclasses; () for keys that have none."""
+    cls: Any = Config
+    for depth, part in enumerate(parts):
+        f = next((f for f in fields(cls)
+                  if part in (f.name, *f.metadata.get("aliases", ()))), None)
+        if f is None:
+            return ()
+        if depth == len(parts) - 1:
+            return tuple(n for n in (f.name, *f.metadata.get("aliases", ())) if n != part)
+        tp = typing.get_type_hints(cls)[f.name]
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if not hasattr(tp, "__dataclass_fields__"):
+            return ()
+        cls = tp
+    return ()
 
 
 def config_from_dict(data: Any, overrides: typing.Sequence[str] = (),

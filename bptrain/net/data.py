@@ -58,6 +58,10 @@ class Dataset:
     num_classes None. M may be 0 (val_fraction 0), in which case X_val is (0, D).
     feature_mean and feature_std (D,) are the training-split statistics X was standardized with,
     None when it was not: apply them to new data with `apply_standardization(X, mean, std)`.
+    X_test and y_test are the test split (data.test_fraction, or the file's X_test/y_test),
+    standardized like X_val; (0, D) when there is none. class_names: the label names of a CSV
+    whose labels are strings, class i = class_names[i] (sorted); feature_names and label_name:
+    a CSV's header (None for other sources).
     """
 
     X_train: np.ndarray
@@ -69,6 +73,17 @@ class Dataset:
     feature_mean: np.ndarray | None = None
     feature_std: np.ndarray | None = None
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of each row, for images
+    X_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    label_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.X_test is None:
+            self.X_test = self.X_val[:0]
+        if self.y_test is None:
+            self.y_test = self.y_val[:0]
 
     @property
     def input_dim(self) -> int:
@@ -90,8 +105,10 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
                  n_samples: int | None = None, n_features: int | None = None,
                  n_classes: int | None = None, n_outputs: int | None = None,
                  noise: float | None = None, base_dir: str | Path | None = None,
-                 shape: tuple[int, ...] | None = None, per_channel: bool = False) -> Dataset:
-    """Load `source`, validate it, split off validation data and standardize the features.
+                 shape: tuple[int, ...] | None = None, per_channel: bool = False,
+                 test_fraction: float = 0.0, classes: Any = None) -> Dataset:
+    """Load `source`, validate it, split off test and validation data and standardize the
+    features.
 
     path: the file (npz, csv) or directory (cifar10, mnist); relative to base_dir if given (the
     config file's folder), else to the current directory. label: the csv label column, by name
@@ -103,6 +120,14 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
     (1, 8, 8), MNIST (1, 28, 28), CIFAR-10 (3, 32, 32), an npz whose X is 4-D, or `shape`.
     per_channel: standardize images by one mean and std per channel (for convolutional
     networks) instead of per feature.
+    test_fraction: the share of all samples held out as the test split, drawn FIRST with its
+    own permutation, np.random.default_rng([seed, 3]); the validation split (val_fraction, also
+    a share of all samples) is then drawn from the rest, which keeps its order. So adding a test
+    split changes which samples validate, and test_fraction 0 gives exactly the split of
+    before. Ignored when the file brings X_test and y_test. Drawn from the training part when
+    the file brings its own X_val.
+    classes: a CSV's string label names in class order (a trained run's), to map a new file's
+    labels onto the run's classes; by default string labels become classes in sorted order.
     """
     if source not in SOURCES:
         raise DataError(f"data.source: unknown source {source!r}; choose one of "
@@ -112,11 +137,16 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise DataError(f"data.val_fraction is {val_fraction!r}; it must be at least 0 and below 1 "
                         "(0.2 holds out a fifth of the samples, 0 holds out none).")
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
+            or not 0.0 <= test_fraction < 1.0):
+        raise DataError(f"data.test_fraction is {test_fraction!r}; it must be at least 0 and "
+                        "below 1 (0.2 holds out a fifth of the samples as the test split).")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"seed is {seed!r}; it must be a whole number >= 0.")
 
     name = source
-    X_val = y_val = None
+    X_val = y_val = X_test = y_test = None
+    csv_info: dict[str, Any] = {}
     image_shape = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}.get(source)
     if source == "digits":
         X, y = _load_digits()
@@ -135,9 +165,9 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
         file = _resolve(source, path, base_dir)
         name = file.name
         if source == "npz":
-            X, y, X_val, y_val = _load_npz_dataset(file)
+            X, y, X_val, y_val, X_test, y_test = _load_npz_dataset(file)
         elif source == "csv":
-            X, y = _load_csv(file, label)
+            X, y, csv_info = _load_csv(file, label, classes)
         elif source == "cifar10":
             X, y, X_val, y_val = _load_cifar10(file)
         else:
@@ -148,6 +178,8 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
         X = X.reshape(len(X), -1)
         if X_val is not None and getattr(X_val, "ndim", 0) == 4:
             X_val = X_val.reshape(len(X_val), -1)
+        if X_test is not None and getattr(X_test, "ndim", 0) == 4:
+            X_test = X_test.reshape(len(X_test), -1)
     X, y = _check_arrays(X, y, name, "X", "y")
     if shape is not None:
         shape = tuple(int(s) for s in shape)
@@ -162,32 +194,50 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
             raise DataError(f"{name}: X_val {X_val.shape} / y_val {y_val.shape} do not match "
                             f"X {X.shape} / y {y.shape}; the validation arrays need the same "
                             "number of features (and targets) as the training arrays.")
-    num_classes = _labels_to_classes(y, y_val, name, n_classes)
+    if X_test is not None:
+        X_test, y_test = _check_arrays(X_test, y_test, name, "X_test", "y_test", allow_empty=True)
+        if X_test.shape[1] != X.shape[1] or y_test.shape[1:] != y.shape[1:]:
+            raise DataError(f"{name}: X_test {X_test.shape} / y_test {y_test.shape} do not "
+                            f"match X {X.shape} / y {y.shape}; the test arrays need the same "
+                            "number of features (and targets) as the training arrays.")
+    held = [a for a in (y_val, y_test) if a is not None and len(a)]
+    num_classes = _labels_to_classes(y, np.concatenate(held) if len(held) > 1 else
+                                     (held[0] if held else y_val), name, n_classes)
 
+    total = len(X)
+    if X_test is None:
+        X, y, X_test, y_test = _split_test(X, y, test_fraction, seed, name)
     if X_val is None:
-        X_train, y_train, X_val, y_val = _split(X, y, val_fraction, seed, name)
+        X_train, y_train, X_val, y_val = _split(X, y, val_fraction, seed, name, total)
     else:
         X_train, y_train = X, y
 
     if num_classes is not None:
         y_train, y_val = y_train.astype(np.int64), y_val.astype(np.int64)
+        y_test = y_test.astype(np.int64)
     else:
         y_train, y_val = y_train.astype(np.float64), y_val.astype(np.float64)
+        y_test = y_test.astype(np.float64)
 
     mean = std = None
     if standardize and per_channel and image_shape is not None:
         mean, std = channel_stats(X_train, image_shape)
         X_train = apply_standardization(X_train, mean, std)
         X_val = apply_standardization(X_val, mean, std)
+        X_test = apply_standardization(X_test, mean, std)
     elif standardize:
         mean, std = feature_stats(X_train)
         X_train = apply_standardization(X_train, mean, std)
         X_val = apply_standardization(X_val, mean, std)
+        X_test = apply_standardization(X_test, mean, std)
 
     c = np.ascontiguousarray
     return Dataset(X_train=c(X_train, dtype=np.float64), y_train=c(y_train),
                    X_val=c(X_val, dtype=np.float64), y_val=c(y_val), num_classes=num_classes,
-                   name=name, feature_mean=mean, feature_std=std, image_shape=image_shape)
+                   name=name, feature_mean=mean, feature_std=std, image_shape=image_shape,
+                   X_test=c(X_test, dtype=np.float64), y_test=c(y_test),
+                   class_names=csv_info.get("classes"), feature_names=csv_info.get("features"),
+                   label_name=csv_info.get("label"))
 
 
 # --- standardization ------------------------------------------------------------------------
@@ -281,7 +331,11 @@ def _load_npz_dataset(path: Path) -> tuple:
     if ("X_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"{path}: has only one of X_val and y_val; save both to supply your own "
                         "validation set, or neither to have bptrain split one off.")
-    return arrays["X"], arrays["y"], arrays.get("X_val"), arrays.get("y_val")
+    if ("X_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{path}: has only one of X_test and y_test; save both to supply your "
+                        "own test set, or neither (data.test_fraction splits one off).")
+    return (arrays["X"], arrays["y"], arrays.get("X_val"), arrays.get("y_val"),
+            arrays.get("X_test"), arrays.get("y_test"))
 
 
 # --- digits -----------------------------------------------------------------------------------
@@ -370,8 +424,13 @@ def _nonneg(value: Any, key: str) -> float:
 
 # --- csv ------------------------------------------------------------------------------------------
 
-def _load_csv(path: Path, label: str | int | None) -> tuple[np.ndarray, np.ndarray]:
-    """A CSV with a header row: the `label` column is y, every other column a numeric feature."""
+def _load_csv(path: Path, label: str | int | None, classes: Any = None
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A CSV with a header row: the `label` column is y, every other column a numeric feature.
+
+    Labels are class ids 0..C-1, or names (an iris-style `species` column: any label cell that
+    is not a number makes them all names), mapped to 0..C-1 in sorted order, or onto `classes`
+    (a trained run's names) when given. Returns X, y and {"features", "label", "classes"}."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -401,26 +460,60 @@ def _load_csv(path: Path, label: str | int | None) -> tuple[np.ndarray, np.ndarr
     col = _label_column(path, header, label)
 
     cells = np.char.strip(np.array(body, dtype=str))
+    info: dict[str, Any] = {"features": header[:col] + header[col + 1:], "label": header[col],
+                            "classes": None}
+    names = cells[:, col]
+    columns = list(range(len(header)))     # file column of each cell column (for messages)
+    if classes is not None or not all(_is_number(v) for v in names):
+        y_named, info["classes"] = _label_names(path, header[col], names, lines, classes)
+        cells = np.delete(cells, col, axis=1)
+        del columns[col]
+    else:
+        y_named = None
     try:
         table = cells.astype(np.float64)
     except ValueError:
         # Only on failure do we walk the cells, to name the first one that is not a number.
-        r, c = next((r, c) for r, c in np.ndindex(cells.shape) if not _is_number(cells[r, c]))
+        r, k = next((r, k) for r, k in np.ndindex(cells.shape) if not _is_number(cells[r, k]))
+        c = columns[k]
         raise DataError(f"{path}: line {lines[r + 1]}, column {c + 1} ('{header[c]}') is "
-                        f"{str(cells[r, c])!r}, not a number; every cell must be numeric (class "
-                        "labels as integers 0..C-1).") from None
+                        f"{str(cells[r, k])!r}, not a number; every feature cell must be "
+                        "numeric (labels may be class ids 0..C-1 or names).") from None
     bad = ~np.isfinite(table)
     if bad.any():
-        r, c = np.argwhere(bad)[0]
+        r, k = np.argwhere(bad)[0]
+        c = columns[k]
         raise DataError(f"{path}: {int(bad.sum())} cells are NaN or infinite (first at line "
-                        f"{lines[r + 1]}, column {c + 1} '{header[c]}': {str(cells[r, c])!r}); "
+                        f"{lines[r + 1]}, column {c + 1} '{header[c]}': {str(cells[r, k])!r}); "
                         "fill or drop those rows.")
+    if y_named is not None:
+        return table, y_named, info
     y = table[:, col]
     if not np.array_equal(y, np.round(y)):
         raise DataError(f"{path}: the label column '{header[col]}' holds non-integer values "
                         f"(e.g. {y[y != np.round(y)][0].item()!r}); csv labels are class ids "
                         "0..C-1. For regression targets, save an npz with y of shape (N, K).")
-    return np.delete(table, col, axis=1), y
+    return np.delete(table, col, axis=1), y, info
+
+
+def _label_names(path: Path, column: str, names: np.ndarray, lines: list[int],
+                 classes: Any) -> tuple[np.ndarray, list[str]]:
+    """String labels as class ids: sorted names -> 0..C-1, or the order of `classes`."""
+    empty = np.flatnonzero(names == "")
+    if len(empty):
+        raise DataError(f"{path}: line {lines[empty[0] + 1]} has an empty '{column}' (the label "
+                        "column); give every row its class.")
+    if classes is None:
+        found, y = np.unique(names, return_inverse=True)
+        return y.astype(np.int64).reshape(-1), [str(n) for n in found]
+    classes = [str(c) for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [n for n in dict.fromkeys(names.tolist()) if n not in index]
+    if unknown:
+        raise DataError(f"{path}: the label column '{column}' has {unknown[0]!r}, which is not "
+                        f"one of the run's classes ({', '.join(classes)}); it can only be "
+                        "evaluated on labels it was trained on.")
+    return np.array([index[n] for n in names.tolist()], dtype=np.int64), classes
 
 
 def _label_column(path: Path, header: list[str], label: str | int | None) -> int:
@@ -699,14 +792,16 @@ def _labels_to_classes(y: np.ndarray, y_val: np.ndarray | None, name: str,
 
 
 def _split(X: np.ndarray, y: np.ndarray, val_fraction: float, seed: int,
-           name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+           name: str, total: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out ceil(N * val_fraction) samples, chosen by a permutation from default_rng(seed).
 
     ceil, as scikit-learn's train_test_split does: digits at 0.2 gives 360 val / 1437 train.
-    The rounding to 9 places first keeps 100 * 0.07 = 7.000000000000001 at 7.
+    The rounding to 9 places first keeps 100 * 0.07 = 7.000000000000001 at 7. `total`: the
+    number of samples the fraction is of (all of them, when a test split was taken first).
     """
     n = len(X)
-    n_val = math.ceil(round(n * val_fraction, 9))
+    n_val = math.ceil(round((n if total is None else total) * val_fraction, 9))
     if n_val >= n:
         raise DataError(f"{name}: val_fraction {val_fraction} of {n} samples holds out {n_val}, "
                         "leaving nothing to train on; lower data.val_fraction or supply more "
@@ -718,6 +813,22 @@ def _split(X: np.ndarray, y: np.ndarray, val_fraction: float, seed: int,
     return X[train], y[train], X[val], y[val]
 
 
+def _split_test(X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int,
+                name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out ceil(N * test_fraction) samples as the test split, by a permutation of its own
+    (default_rng([seed, 3])); the rest keep their order for the validation split."""
+    n = len(X)
+    n_test = math.ceil(round(n * test_fraction, 9))
+    if n_test == 0:
+        return X, y, X[:0], y[:0]
+    if n_test >= n:
+        raise DataError(f"{name}: test_fraction {test_fraction} of {n} samples holds out "
+                        f"{n_test}, leaving nothing to train on; lower data.test_fraction.")
+    order = np.random.default_rng([seed, 3]).permutation(n)
+    test, rest = order[:n_test], np.sort(order[n_test:])
+    return X[rest], y[rest], X[test], y[test]
+
+
 def load_data(cfg: Any) -> Dataset:
     """The dataset a config names. The one place that resolves `data.path`: a relative path
     is taken from the config file's folder (the current folder for a dict config)."""
@@ -727,7 +838,8 @@ def load_data(cfg: Any) -> Dataset:
                         standardize=d.standardize, seed=cfg.seed, n_samples=d.n_samples,
                         n_features=d.n_features, n_classes=d.n_classes,
                         n_outputs=d.n_outputs, noise=d.noise, base_dir=base,
-                        shape=d.shape, per_channel=takes_images(cfg))
+                        shape=d.shape, per_channel=takes_images(cfg),
+                        test_fraction=getattr(d, "test_fraction", 0.0))
 
 
 def takes_images(cfg: Any) -> bool:

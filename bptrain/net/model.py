@@ -12,7 +12,9 @@ training step reuses it.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import MutableMapping
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -192,8 +194,10 @@ class _Builder:
             self._record(name, "residual add", shape, shape, node, kind, ())
             return node, shape
         if kind == "gate":
-            cls = load_gate_class(layer["class"], where=f"{where}.class")
-            self.model.user_code.append(f"{layer['class']}")
+            base = Path(self.cfg.source_path).parent if self.cfg.source_path else None
+            cls = load_gate_class(layer["class"], f"{where}.class", base)
+            self.model.user_code.append(f"gate class {cls.__name__} from "
+                                        f"{inspect.getsourcefile(cls) or cls.__module__}")
         else:
             cls = registry.find(kind, LAYER_KINDS)
         settings = {k: v for k, v in layer.items()

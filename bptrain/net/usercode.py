@@ -42,7 +42,12 @@ def load_gate_class(spec: str, where: str = "--gate", base_dir: str | Path | Non
                 return _loaded[key]
             mod_spec = importlib.util.spec_from_file_location(f"bptrain_user_{path.stem}", path)
             module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
+            sys.modules[mod_spec.name] = module  # so inspect and pickle find its classes
+            try:
+                mod_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[mod_spec.name]
+                raise
         else:
             key = None
             sys.path.insert(0, ".")  # let a learner's module in the current folder be found

@@ -168,19 +168,21 @@ class Diagnostics:
             if l.activation:
                 d["activation"] = l.activation
                 a = l.act_node.value
-                if a is not None and np.ndim(a) == 2 and len(a):
+                if a is not None and np.ndim(a) in (2, 4) and len(a):
+                    # a unit: a column of (N, H), or a filter of (N, F, H, W) over all positions
+                    axes = (0,) if np.ndim(a) == 2 else (0, 2, 3)
                     if l.activation == "relu":
                         mask = getattr(l.act_node.gate, "mask", None)  # x > 0, kept by forward
                         alive = (mask if mask is not None and mask.shape == a.shape
-                                 else a > 0).any(axis=0)
+                                 else a > 0).any(axis=axes)
                         d["dead"] = _short(float(1.0 - np.mean(alive)))
                     elif l.activation in ("sigmoid", "tanh"):
                         if l.activation == "sigmoid":
                             sat = (a < SIGMOID_EDGE) | (a > 1.0 - SIGMOID_EDGE)
                         else:
                             sat = np.abs(a) > TANH_EDGE
-                        d["saturated"] = _short(float(np.mean(np.mean(sat, axis=0) > 0.5)))
-            if l.hidden and W.shape[1] > 1:
+                        d["saturated"] = _short(float(np.mean(np.mean(sat, axis=axes) > 0.5)))
+            if l.hidden and W.ndim == 2 and W.shape[1] > 1:
                 d["identical"] = _identical(W, None if l.b is None else l.b.value)
             out[l.name] = d
         return out

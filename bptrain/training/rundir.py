@@ -6,8 +6,12 @@
       checkpoint.npz   params, running statistics, optimizer state, RNG states, position
       best.npz         parameters (+ running statistics) of the best evaluation
       model.npz        final parameters (+ running statistics, standardization statistics)
-      summary.json     final and best metrics, timing
+      summary.json     final and best metrics (and the test split's, evaluated once), timing
+      data.json        what the model reads: input shape, classes (a CSV's class names,
+                       feature and label columns), so a run predicts without its training data
       curves.png       loss curves, when matplotlib is installed
+      report.html      the run report page (bptrain report; bptrain run writes it at the end)
+      tensorboard/     TensorBoard event files, with train.tensorboard: true
 
 Every file but metrics.jsonl is written to a temporary file and renamed, so a kill or a full
 disk leaves the previous version whole (and no .tmp behind). metrics.jsonl is appended a line
@@ -32,7 +36,10 @@ BEST = "best.npz"
 MODEL = "model.npz"
 SUMMARY = "summary.json"
 CURVES = "curves.png"
-FILES = (CONFIG, METRICS, CHECKPOINT, BEST, MODEL, SUMMARY, CURVES)
+REPORT = "report.html"
+TENSORBOARD = "tensorboard"   # a folder of event files
+DATA_INFO = "data.json"
+FILES = (CONFIG, METRICS, CHECKPOINT, BEST, MODEL, SUMMARY, CURVES, DATA_INFO)
 WEIGHTS = {"model": MODEL, "final": MODEL, "best": BEST}  # --weights choices -> file
 
 
@@ -163,6 +170,13 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         save_json(self.path / name, obj)
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run; None if missing or damaged."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return None
 
     def require(self, name: str, hint: str) -> Path:
         path = self.path / name

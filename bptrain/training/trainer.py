@@ -18,6 +18,7 @@ import numpy as np
 
 from bptrain.errors import BptrainError, ConfigError, DataError, DivergenceError, EXIT_INTERRUPTED
 from bptrain.net.config import Config, dump_config, load_config
+from bptrain.net.augment import augment_batch
 from bptrain.net.data import Dataset, load_data, load_npz_safely
 from bptrain.net.model import Model, build_for_data
 from bptrain.net.optim import Optimizer, clip_global_norm, learning_rate
@@ -120,6 +121,13 @@ class Trainer:
         self.total_steps = t.iterations or t.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.shuffle_rng = np.random.default_rng([cfg.seed, 1])
+        aug = cfg.data.augment
+        self.augment = aug if (aug.flip or aug.crop_pad) else None
+        if self.augment is not None and self.X.ndim != 4:
+            raise ConfigError("data.augment: flips and crops need images, and this network "
+                              f"reads flat rows of {self.X.shape[1]} features; use a network "
+                              "with image layers (conv, pooling) or drop data.augment.")
+        self.augment_rng = np.random.default_rng([cfg.seed, 3])
         self._X_batch = np.empty((self.batch_size,) + self.X.shape[1:], dtype=self.X.dtype)
         self._y_batch = np.empty((self.batch_size,) + self.y.shape[1:], dtype=self.y.dtype)
         # A fixed sample of training data for train_loss / train_acc at each evaluation.
@@ -172,6 +180,7 @@ class Trainer:
                 "best": self.best, "best_score": self.best_score,
                 "elapsed": self.elapsed(), "last_finite_loss": self.last_finite_loss,
                 "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "augment_rng": self.augment_rng.bit_generator.state,
                 "gate_rngs": [g.rng.bit_generator.state for g in self.model.rng_gates()]}
         arrays["meta"] = rundir.json_array(meta)
         if self.perm is not None:
@@ -199,6 +208,8 @@ class Trainer:
         self.elapsed_before = meta["elapsed"]
         self.last_finite_loss = meta["last_finite_loss"]
         self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+        if "augment_rng" in meta:
+            self.augment_rng.bit_generator.state = meta["augment_rng"]
         for g, state in zip(self.model.rng_gates(), meta["gate_rngs"]):
             g.rng.bit_generator.state = state
         self.perm = ckpt["perm"] if "perm" in ckpt else None
@@ -219,6 +230,8 @@ class Trainer:
 
     def train_step(self, X: np.ndarray, y: np.ndarray, lr: float) -> float:
         """Forward, backward, (clip), update: one step of training. Returns the loss."""
+        if self.augment is not None:
+            X = augment_batch(X, self.augment_rng, self.augment.flip, self.augment.crop_pad)
         if self.cfg.train.accumulate == 1:
             loss = self.model.forward_backward(X, y)
             grads = {p.name: p.grad for p in self.param_nodes}
@@ -329,7 +342,7 @@ class Trainer:
                 "optimizer": cfg.optimizer, "schedule": cfg.schedule, "dtype": cfg.train.dtype,
                 "epochs": self.epochs, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size,
-                "resumed_at": self.step}
+                "resumed_at": self.step, "user_code": list(m.user_code)}
 
     def diverged(self, loss: float, lr: float) -> DivergenceError:
         return DivergenceError(

@@ -18,9 +18,21 @@ class MatMul(Gate):
         return X @ W
 
     def backward(self, upstream, needs_input_grad=EVERY_INPUT):
+        if np.ndim(self.X) == 1 or np.ndim(self.W) == 1:
+            return self._vector_backward(upstream, needs_input_grad)
         # An input that needs no gradient (the data X) costs no matmul.
         dX = upstream @ self.W.T if needs_input_grad[0] else None
         dW = self.X.T @ upstream if needs_input_grad[1] else None
+        return dX, dW
+
+    def _vector_backward(self, upstream, needs_input_grad):
+        """A 1-D operand, as NumPy's matmul reads it: a row (1, D) on the left, a column (D, 1)
+        on the right. The same two rules on those 2-D forms, each gradient reshaped back to its
+        operand's shape."""
+        X, W = promote_vectors(self.X, self.W)
+        dY = np.reshape(upstream, (X.shape[0], W.shape[1]))
+        dX = np.reshape(dY @ W.T, np.shape(self.X)) if needs_input_grad[0] else None
+        dW = np.reshape(X.T @ dY, np.shape(self.W)) if needs_input_grad[1] else None
         return dX, dW
 
     def macs(self, X, W):
@@ -91,3 +103,9 @@ class Affine(Gate):
                                    away_from_zero(rng, 3)]),
                 ("affine without bias", cls(), [away_from_zero(rng, 5, 4),
                                                 away_from_zero(rng, 4, 3)])]
+
+
+def promote_vectors(X, W):
+    """The 2-D forms NumPy's matmul uses for 1-D operands: X (D,) -> (1, D), W (D,) -> (D, 1)."""
+    X, W = np.asarray(X), np.asarray(W)
+    return (X[None, :] if X.ndim == 1 else X), (W[:, None] if W.ndim == 1 else W)
