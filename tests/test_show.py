@@ -118,9 +118,13 @@ def test_dot_output():
     dot = result.stdout
     assert dot.startswith("digraph")
     assert dot.rstrip().endswith("}")
-    edges = re.findall(r'^\s*"([^"]+)" -> "([^"]+)";', dot, re.MULTILINE)
+    edges = re.findall(r'^\s*"([^"]+)" -> "([^"]+)"( \[[^\]]*\])?;', dot, re.MULTILINE)
+    copies = {(a, b) for a, b, style in edges if 'label="copy"' in style}
+    edges = [(a, b) for a, b, _ in edges]
     assert ("W1", "fc1") in edges and ("W1", "reg_loss") in edges  # one edge per consumer
     assert ("X", "fc1") in edges and ("b1", "fc1") in edges
+    # the fan-out of W1 (its affine gate and L2) is drawn as the copy gate, b1's is not
+    assert {("W1", "fc1"), ("W1", "reg_loss")} <= copies and ("b1", "fc1") not in copies
     declared = set(re.findall(r'^\s*"([^"]+)" \[', dot, re.MULTILINE))
     assert {a for a, _ in edges} | {b for _, b in edges} <= declared
     assert re.search(r'"W1" \[[^\]]*label="W1\\n64x100"', dot)

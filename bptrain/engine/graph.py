@@ -1,10 +1,4 @@
-"""The engine: a Gate base class and a Graph of nodes that runs forward and backward.
-
-A gate is a small object with two methods, as in the lecture notes and in PyTorch's
-autograd.Function:
-
-    forward(*inputs)    computes the output and keeps in `self` what backward will need;
-    backward(upstream)  returns one downstream gradient per input (local gradient x upstream).
+"""The engine: a Graph of nodes that runs gates (bptrain/engine/gate.py) forward and backward.
 
 A Graph holds nodes: inputs, parameters, constants, and applications of gates to other nodes.
 It is built once; the topological order towards each output is computed once and cached.

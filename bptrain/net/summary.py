@@ -24,6 +24,7 @@ class NodeRow:
     consumers: list[str]  # the gates a value fans out to (copy gate), if more than one
     cached_bytes: int     # arrays the gate keeps for its backward pass
     macs: int             # multiply-adds of its forward pass
+    kind: str = ""        # the gate class's kind ("merge", "layer", ...), or input / param
 
 
 @dataclass
@@ -63,7 +64,8 @@ def summarize_graph(model: Model, batch: int) -> GraphSummary:
                             [p.name for p in n.inputs], tuple(np.shape(n.value)),
                             int(np.size(n.value)) if n.kind == "param" else 0,
                             fan_out.get(n.name, []), cached,
-                            _macs(n.gate, [p.value for p in n.inputs]) if n.gate else 0))
+                            _macs(n.gate, [p.value for p in n.inputs]) if n.gate else 0,
+                            (n.gate.kind or "") if n.gate else n.kind))
     return GraphSummary(rows, batch, sum(r.params for r in rows), sum(r.macs for r in rows),
                         sum(r.cached_bytes for r in rows))
 
@@ -84,10 +86,16 @@ def to_dot(s: GraphSummary, title: str = "bptrain") -> str:
             style = {"input": "box", "param": "box, style=filled, fillcolor=lightyellow",
                      "const": "plaintext"}[r.gate]
             lines.append(f'  "{r.name}" [shape={style}, label="{r.name}\\n{shape}"];')
+        elif r.kind == "merge":  # where branches join: the residual's +, a concat
+            lines.append(f'  "{r.name}" [shape=doublecircle, style=filled, fillcolor=lightblue, '
+                         f'label="{r.name}\\n{r.gate}\\n{shape}"];')
         else:
             lines.append(f'  "{r.name}" [shape=ellipse, label="{r.name}\\n{r.gate}\\n{shape}"];')
+    fans_out = {r.name for r in s.rows if len(r.consumers) > 1}
     for r in s.rows:
         for p in r.inputs:
-            lines.append(f'  "{p}" -> "{r.name}";')
+            # a value used by several gates (the copy gate): its gradients add up in backward
+            style = ' [color=red, fontcolor=red, label="copy"]' if p in fans_out else ""
+            lines.append(f'  "{p}" -> "{r.name}"{style};')
     lines.append("}")
     return "\n".join(lines) + "\n"
