@@ -2,11 +2,18 @@
 
     python benchmarks/bench.py            # full run (a few minutes)
     python benchmarks/bench.py --quick    # fewer repeats
+    python benchmarks/bench.py --workloads c,d,e --no-memory   # some workloads, no RSS runs
 
 Workloads:
   (a) note 004: N=64, 1000-100-10, ReLU, MSE (sum), no biases, SGD lr 1e-6
   (b) CIFAR-sized: batch 256 of 2560 random 3072-d inputs, 3072-512-256-10, ReLU,
       softmax + L2 (1e-4), SGD lr 1e-3, shuffled minibatches
+  (c) batchnorm MLP: batch 128 of 2048 random 784-d inputs, 784-512-256-10, affine -
+      batchnorm - ReLU per hidden layer (model.normalization: batchnorm), softmax + L2, SGD
+  (d) residual MLP: batch 128 of 2048 random 256-d inputs, affine 256-128, ReLU, 20 residual
+      blocks h + W2 relu(W1 h + b1) + b2 of width 128, affine 128-10, softmax + L2, SGD
+  (e) per-gate overhead: batch 8, 50 hidden ReLU layers of width 8: every gate does almost no
+      arithmetic, so the time per gate and step is the graph's own cost (beside PyTorch's)
 bptrain runs through `Trainer.batch` + `Trainer.train_step`, the code path `bptrain run` uses.
 Implementations are interleaved (one block of steps each, in turn, repeated) so that they see
 the same machine conditions; the table shows medians over the blocks.
@@ -36,6 +43,15 @@ WORKLOADS = {
     "b": dict(title="(b) CIFAR-sized: 256 x 3072-512-256-10, softmax + L2", n=2560, batch=256,
               dims=[3072, 512, 256, 10], loss="softmax", bias=True, reg=1e-4, lr=1e-3,
               shuffle=True),
+    "c": dict(title="(c) batchnorm MLP: 128 x 784-512-256-10, affine-bn-relu, softmax + L2",
+              n=2048, batch=128, dims=[784, 512, 256, 10], loss="softmax", bias=True,
+              reg=1e-4, lr=1e-3, shuffle=True, kind="bn", steps=10),
+    "d": dict(title="(d) residual MLP: 128 x 256-128-[20 blocks of 128]-10, softmax + L2",
+              n=2048, batch=128, dims=[256, 128, 10], blocks=20, loss="softmax", bias=True,
+              reg=1e-4, lr=1e-3, shuffle=True, kind="res", steps=5),
+    "e": dict(title="(e) per-gate overhead: 8 x 8-[50 x 8]-8, ReLU, softmax", n=64, batch=8,
+              dims=[8] * 52, loss="softmax", bias=True, reg=0.0, lr=1e-3, shuffle=False,
+              kind="deep", steps=50),
 }
 
 
@@ -49,13 +65,40 @@ def make_data(w: dict, dtype: str, seed: int = 0):
     return X, y
 
 
+def weight_shapes(w: dict) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every weight, in config order (a residual block: W1 then W2)."""
+    dims = w["dims"]
+    if w.get("kind") == "res":
+        d, width, c = dims
+        return [(d, width)] + [(width, width)] * (2 * w["blocks"]) + [(width, c)]
+    return list(zip(dims[:-1], dims[1:]))
+
+
 def init_weights(w: dict, dtype: str, seed: int = 1):
     rng = np.random.default_rng(seed)
-    dims = w["dims"]
+    shapes = weight_shapes(w)
     Ws = [(rng.standard_normal((a, b)) * (1.0 if w["loss"] == "mse" else np.sqrt(2.0 / a)))
-          .astype(dtype) for a, b in zip(dims[:-1], dims[1:])]
-    bs = [np.zeros(b, dtype=dtype) for b in dims[1:]] if w["bias"] else []
+          .astype(dtype) for a, b in shapes]
+    if w.get("kind") == "res":  # each block's second weight small: h stays O(1) over 20 blocks
+        for k in range(2, len(Ws) - 1, 2):
+            Ws[k] *= 0.1
+    bs = [np.zeros(b, dtype=dtype) for _, b in shapes] if w["bias"] else []
     return Ws, bs
+
+
+def model_config(w: dict) -> dict:
+    """The `model` section bptrain builds each workload from."""
+    kind = w.get("kind", "mlp")
+    init = "gaussian" if w["loss"] == "mse" else "he"
+    if kind == "res":
+        d, width, c = w["dims"]
+        block = {"type": "residual", "layers": [{"type": "affine", "units": width},
+                                                {"type": "relu"},
+                                                {"type": "affine", "units": width}]}
+        return {"layers": [{"type": "affine", "units": width}, {"type": "relu"},
+                           *[block] * w["blocks"], {"type": "affine"}], "init": init}
+    return {"hidden": w["dims"][1:-1], "activation": "relu", "bias": w["bias"], "init": init,
+            "std": 1.0, "normalization": "batchnorm" if kind == "bn" else "none"}
 
 
 # ---- bptrain ------------------------------------------------------------------------------
@@ -67,8 +110,7 @@ def bptrain_stepper(w: dict, dtype: str):
     cfg = load_config({
         "name": "bench", "data": {"source": "regression" if w["loss"] == "mse" else "npz",
                                   "path": "unused.npz" if w["loss"] != "mse" else None},
-        "model": {"hidden": w["dims"][1:-1], "activation": "relu", "bias": w["bias"],
-                  "init": "gaussian" if w["loss"] == "mse" else "he", "std": 1.0},
+        "model": model_config(w),
         "loss": {"type": w["loss"], "reduction": "sum"},
         "regularization": {"type": "l2" if w["reg"] else "none", "strength": w["reg"]},
         "optimizer": {"type": "sgd", "lr": w["lr"]},
@@ -81,6 +123,8 @@ def bptrain_stepper(w: dict, dtype: str):
     Ws, bs = init_weights(w, dtype)  # the same starting point as the other implementations
     for i, W in enumerate(Ws):
         trainer.model.params[f"W{i + 1}"] = W
+    for i, b in enumerate(bs):
+        trainer.model.params[f"b{i + 1}"] = b
     n_batches = w["n"] // w["batch"]
     state = {"i": 0}
 
@@ -97,6 +141,8 @@ def bptrain_stepper(w: dict, dtype: str):
 
 # ---- flat NumPy (the note-004 style loop, written out by hand) --------------------------
 def flat_stepper(w: dict, dtype: str):
+    if w.get("kind", "mlp") != "mlp":
+        return flat_graph_stepper(w, dtype)
     X, y = make_data(w, dtype)
     Ws, bs = init_weights(w, dtype)
     lr, reg, B = w["lr"], w["reg"], w["batch"]
@@ -164,6 +210,125 @@ def flat_stepper(w: dict, dtype: str):
     return step
 
 
+def flat_graph_stepper(w: dict, dtype: str):
+    """Workloads (c), (d), (e) by hand: CS231n's batchnorm forward/backward (the short
+    backward, as bptrain's gate), residual blocks, or a deep ReLU chain; softmax + L2; SGD."""
+    X, y = make_data(w, dtype)
+    Ws, bs = init_weights(w, dtype)
+    kind, lr, reg, B = w["kind"], w["lr"], w["reg"], w["batch"]
+    L = len(Ws)
+    gammas = [np.ones(W.shape[1], dtype=dtype) for W in Ws[:-1]] if kind == "bn" else []
+    betas = [np.zeros(W.shape[1], dtype=dtype) for W in Ws[:-1]] if kind == "bn" else []
+    running = [[np.zeros(W.shape[1], dtype=dtype), np.ones(W.shape[1], dtype=dtype)]
+               for W in Ws[:-1]] if kind == "bn" else []
+    rng = np.random.default_rng([0, 1])
+    n_batches = w["n"] // B
+    rows = np.arange(B)
+    eps, momentum = 1e-5, 0.9
+    state = {"i": 0, "perm": np.arange(w["n"])}
+
+    def batch():
+        if w["shuffle"] and state["i"] % n_batches == 0:
+            state["perm"] = rng.permutation(w["n"])
+        lo = (state["i"] % n_batches) * B
+        state["i"] += 1
+        if not w["shuffle"]:
+            return X[lo:lo + B], y[lo:lo + B]
+        idx = state["perm"][lo:lo + B]
+        return X[idx], y[idx]
+
+    def softmax(s, yb):
+        s = s - s.max(axis=1, keepdims=True)
+        e = np.exp(s)
+        p = e / e.sum(axis=1, keepdims=True)
+        loss = -np.log(p[rows, yb]).mean()
+        p[rows, yb] -= 1
+        p /= B
+        return loss, p
+
+    def penalty():
+        return 0.5 * reg * sum(float(np.vdot(W, W)) for W in Ws) if reg else 0.0
+
+    def update(grads_W, grads_b, extra=()):
+        for P, G in (*zip(Ws, grads_W), *zip(bs, grads_b), *extra):
+            P -= lr * G
+
+    def step_chain():  # (c) with batchnorm, (e) without: affine - [bn] - relu, then scores
+        Xb, yb = batch()
+        cache, h = [], Xb
+        for k in range(L - 1):
+            z = h @ Ws[k] + bs[k]
+            if kind == "bn":
+                mean = z.mean(axis=0)
+                zc = z - mean
+                var = (zc * zc).mean(axis=0)
+                inv = 1.0 / np.sqrt(var + eps)
+                xhat = zc * inv
+                rm, rv = running[k]
+                running[k] = [momentum * rm + (1 - momentum) * mean,
+                              momentum * rv + (1 - momentum) * var]
+                z_bn = gammas[k] * xhat + betas[k]
+                a = np.maximum(z_bn, 0)
+                cache.append((h, z_bn, xhat, inv))
+            else:
+                a = np.maximum(z, 0)
+                cache.append((h, z, None, None))
+            h = a
+        loss, ds = softmax(h @ Ws[-1] + bs[-1], yb)
+        loss += penalty()
+        dW, db, dg, dbeta = [None] * L, [None] * L, [None] * (L - 1), [None] * (L - 1)
+        dW[-1] = h.T @ ds + reg * Ws[-1]
+        db[-1] = ds.sum(axis=0)
+        dh = ds @ Ws[-1].T
+        for k in range(L - 2, -1, -1):
+            h_in, pre, xhat, inv = cache[k]
+            dz = dh * (pre > 0)
+            if kind == "bn":
+                dg[k] = (dz * xhat).sum(axis=0)
+                dbeta[k] = dz.sum(axis=0)
+                dxhat = dz * gammas[k]
+                dz = inv * (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0))
+            dW[k] = h_in.T @ dz + reg * Ws[k]
+            db[k] = dz.sum(axis=0)
+            if k:
+                dh = dz @ Ws[k].T
+        update(dW, db, (*zip(gammas, dg), *zip(betas, dbeta)))
+        return loss
+
+    def step_residual():  # (d): h = relu(X W + b), then h + W2 relu(W1 h + b1) + b2 each block
+        Xb, yb = batch()
+        z0 = Xb @ Ws[0] + bs[0]
+        h = np.maximum(z0, 0)
+        cache = []
+        for k in range(1, L - 1, 2):
+            u = h @ Ws[k] + bs[k]
+            r = np.maximum(u, 0)
+            cache.append((h, u, r))
+            h = h + (r @ Ws[k + 1] + bs[k + 1])
+        loss, ds = softmax(h @ Ws[-1] + bs[-1], yb)
+        loss += penalty()
+        dW, db = [None] * L, [None] * L
+        dW[-1] = h.T @ ds + reg * Ws[-1]
+        db[-1] = ds.sum(axis=0)
+        dh = ds @ Ws[-1].T
+        for j in range(len(cache) - 1, -1, -1):
+            k = 2 * j + 1
+            h_in, u, r = cache[j]
+            dW[k + 1] = r.T @ dh + reg * Ws[k + 1]
+            db[k + 1] = dh.sum(axis=0)
+            du = (dh @ Ws[k + 1].T) * (u > 0)
+            dW[k] = h_in.T @ du + reg * Ws[k]
+            db[k] = du.sum(axis=0)
+            dh = dh + du @ Ws[k].T  # the identity path and the block's path add up
+        dz0 = dh * (z0 > 0)
+        dW[0] = Xb.T @ dz0 + reg * Ws[0]
+        db[0] = dz0.sum(axis=0)
+        update(dW, db)
+        return loss
+
+    return step_residual if kind == "res" else step_chain
+
+
 # ---- PyTorch ------------------------------------------------------------------------------
 def torch_stepper(w: dict, dtype: str):
     import torch
@@ -175,7 +340,15 @@ def torch_stepper(w: dict, dtype: str):
     Ws, bs = init_weights(w, dtype)
     Ws = [torch.from_numpy(W).requires_grad_() for W in Ws]
     bs = [torch.from_numpy(b).requires_grad_() for b in bs]
-    params = Ws + bs
+    kind = w.get("kind", "mlp")
+    F = torch.nn.functional
+    gammas = [torch.ones(W.shape[1], dtype=tdtype, requires_grad=True)
+              for W in Ws[:-1]] if kind == "bn" else []
+    betas = [torch.zeros(W.shape[1], dtype=tdtype, requires_grad=True)
+             for W in Ws[:-1]] if kind == "bn" else []
+    running = [(torch.zeros(W.shape[1], dtype=tdtype), torch.ones(W.shape[1], dtype=tdtype))
+               for W in Ws[:-1]] if kind == "bn" else []
+    params = Ws + bs + gammas + betas
     lr, reg, B = w["lr"], w["reg"], w["batch"]
     g = torch.Generator().manual_seed(0)
     n_batches = w["n"] // B
@@ -188,19 +361,33 @@ def torch_stepper(w: dict, dtype: str):
             lo = (state["i"] % n_batches) * B
             idx = state["perm"][lo:lo + B]
             Xb, yb = X[idx], y[idx]
-        else:
+        elif kind == "mlp":
             Xb, yb = X, y
+        else:
+            lo = (state["i"] % n_batches) * B
+            Xb, yb = X[lo:lo + B], y[lo:lo + B]
         state["i"] += 1
         h = Xb
-        for k, W in enumerate(Ws):
-            h = h @ W + bs[k] if bs else h @ W
-            if k < len(Ws) - 1:
-                h = torch.relu(h)
+        if kind == "res":
+            h = torch.relu(torch.addmm(bs[0], h, Ws[0]))
+            for k in range(1, len(Ws) - 1, 2):
+                h = h + torch.addmm(bs[k + 1], torch.relu(torch.addmm(bs[k], h, Ws[k])),
+                                    Ws[k + 1])
+            h = torch.addmm(bs[-1], h, Ws[-1])
+        else:
+            for k, W in enumerate(Ws):
+                h = h @ W + bs[k] if bs else h @ W
+                if k < len(Ws) - 1:
+                    if kind == "bn":
+                        h = F.batch_norm(h, *running[k], gammas[k], betas[k], training=True,
+                                         momentum=0.1, eps=1e-5)
+                    h = torch.relu(h)
         if w["loss"] == "mse":
             loss = (h - yb).pow(2).sum()
         else:
-            loss = torch.nn.functional.cross_entropy(h, yb) + 0.5 * reg * sum(
-                (W * W).sum() for W in Ws)
+            loss = torch.nn.functional.cross_entropy(h, yb)
+            if reg:
+                loss = loss + 0.5 * reg * sum((W * W).sum() for W in Ws)
         loss.backward()
         with torch.no_grad():
             for P in params:
@@ -245,6 +432,19 @@ def time_side_by_side(workload: str, dtype: str, blocks: int, steps: int,
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def gates_per_step(workload: str, dtype: str) -> int:
+    """Gates one bptrain training step runs forward and backward (the plan of the loss)."""
+    from bptrain.net.config import load_config
+    from bptrain.net.model import build_model
+    w = WORKLOADS[workload]
+    cfg = load_config({"model": model_config(w), "loss": {"type": w["loss"]},
+                       "regularization": {"type": "l2" if w["reg"] else "none",
+                                          "strength": w["reg"]}, "train": {"dtype": dtype}})
+    model = build_model(cfg, w["dims"][0], w["dims"][-1])
+    order, _ = model.graph.plan(model.loss)
+    return sum(1 for node in order if node.gate is not None)
+
+
 def peak_memory(workload: str, dtype: str, impl: str, steps: int = 10) -> float:
     """MiB the peak RSS grows by in a fresh process that builds the workload and trains.
     (VmHWM from /proc, not ru_maxrss: Linux carries ru_maxrss over from the parent.)"""
@@ -287,8 +487,8 @@ def _timed(fn) -> float:
 def step_flops(workload: str) -> float:
     """Matmul FLOPs of one training step: forward, dW for every layer, dX above the first."""
     w = WORKLOADS[workload]
-    dims, n = w["dims"], w["batch"]
-    layers = list(zip(dims[:-1], dims[1:]))
+    n = w["batch"]
+    layers = weight_shapes(w)
     mults = sum(n * a * b for a, b in layers) * 2 + sum(n * a * b for a, b in layers[1:])
     return 2.0 * mults
 
@@ -306,7 +506,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated workloads to run (default: all, a,b,c,d,e)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory runs (a fresh process per implementation)")
     args = parser.parse_args()
+    chosen = [k.strip() for k in args.workloads.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(WORKLOADS)}")
     blocks = 7 if args.quick else 15
     impls = ["bptrain", "flat numpy"] + (["pytorch"] if have_torch() else [])
     rows = []
@@ -316,21 +525,32 @@ def main() -> None:
                   "(pip install torch==2.13.0 to include them)"), flush=True)
     for dtype in ("float64", "float32"):
         peak = gemm_peak_gflops(dtype)
-        for workload in ("a", "b"):
-            steps = 20 if workload == "a" else 3
+        for workload in chosen:
+            w = WORKLOADS[workload]
+            steps = w.get("steps", 20 if workload == "a" else 3)
             ms = time_side_by_side(workload, dtype, blocks, steps, impls)
             bound = step_flops(workload) / (peak * 1e9) * 1e3
-            mem = {name: peak_memory(workload, dtype, name) for name in impls}
+            mem = {name: float("nan") if args.no_memory else peak_memory(workload, dtype, name)
+                   for name in impls}
             row = {"workload": workload, "dtype": dtype, "ms": ms, "blas_bound_ms": bound,
                    "peak_mib": mem}
+            gates = gates_per_step(workload, dtype) if w.get("kind") == "deep" else None
+            if gates:
+                row["gates"] = gates
+                row["us_per_gate"] = {name: ms[name] * 1e3 / gates for name in impls}
             rows.append(row)
-            print(f"{WORKLOADS[workload]['title']} [{dtype}]", flush=True)
+            print(f"{w['title']} [{dtype}]", flush=True)
             for name in impls:
                 ratio_flat = ms[name] / ms["flat numpy"]
                 ratio_torch = ms[name] / ms["pytorch"] if "pytorch" in ms else float("nan")
+                per_gate = (f"  {row['us_per_gate'][name]:6.2f} us/gate" if gates else "")
                 print(f"  {name:11s} {ms[name]:8.3f} ms/step  x{ratio_flat:5.2f} flat  "
                       f"x{ratio_torch:5.2f} torch  x{ms[name] / bound:5.2f} BLAS bound  "
-                      f"peak +{mem[name]:6.1f} MiB", flush=True)
+                      f"peak +{mem[name]:6.1f} MiB{per_gate}", flush=True)
+            if gates:
+                print(f"  (per gate: the step's time over the {gates} gates of bptrain's graph, "
+                      "each run forward and backward; the same count for every column)",
+                      flush=True)
     imp = startup_seconds([sys.executable, "-c", "import bptrain"])
     helpt = startup_seconds([sys.executable, "-m", "bptrain", "--help"])
     print(f"start-up: import bptrain {imp:.3f} s, bptrain --help {helpt:.3f} s")

@@ -21,7 +21,7 @@ _EXPORTS = {
     "load_config": "bptrain.net.config",
     "build_model": "bptrain.net.model", "Model": "bptrain.net.model",
     "load_dataset": "bptrain.net.data",
-    "train": "bptrain.training.trainer",
+    "train": "bptrain.api", "load_run": "bptrain.api", "TrainedRun": "bptrain.api",
     "BptrainError": "bptrain.errors", "ConfigError": "bptrain.errors",
     "DataError": "bptrain.errors",
 }

@@ -71,10 +71,12 @@ def test_compare_shows_differences_metrics_and_one_chart(two_runs, runner):
     acc_a = f"{100 * a.history[-1]['val_acc']:.2f}%"
     acc_b = f"{100 * b.history[-1]['val_acc']:.2f}%"
     assert re.search(rf"final val acc\s+.*{re.escape(acc_a)}\s+.*{re.escape(acc_b)}", text)
-    assert "best val acc" in text and "best val loss" in text
-    # one chart, one series per run (val loss), braille dots drawn
+    # "best" is one evaluation, picked by val_acc; its val loss is "at best" (issue 17)
+    assert "best val acc" in text and "val loss at best" in text
+    # one loss chart, one series per run (val loss), braille dots drawn; not a terminal, so
+    # each series has its own marker in the legend
     assert text.count("val loss per run") == 1
-    assert "━━ mlp (val)" in text and "━━ mlp-2 (val)" in text
+    assert "─*─ mlp (val)" in text and "─o─ mlp-2 (val)" in text
     assert len(BRAILLE.findall(text)) > 20
 
 
@@ -134,4 +136,7 @@ def test_runs_finds_sweep_trials_and_skips_broken_dirs(two_runs, tmp_path):
     (nested / "broken").mkdir(parents=True)
     (nested / "broken" / "config.yaml").write_text("model: [unclosed\n")
     found = list_runs(nested)
-    assert [r.name for r in found] == [os.path.join("sweep1", "trial-001")]
+    # issue 17: a damaged run is listed and marked, never hiding (or hidden among) the others
+    healthy = [r.name for r in found if r.problem is None]
+    assert healthy == [os.path.join("sweep1", "trial-001")]
+    assert [r.name for r in found if r.problem] == ["broken"]

@@ -48,7 +48,7 @@ def test_sanity_runs_without_optimizer_weight_decay():
 def test_eval_hint_matches_what_the_run_saved(tmp_path):
     from pathlib import Path
     from bptrain.errors import DataError
-    from bptrain.training.runs import load_run
+    from bptrain.training.runs import _load_run_parts as load_run
     from bptrain.training.trainer import train
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "mlp.yaml",
                       ["train.epochs=1"])

@@ -79,8 +79,8 @@ def test_random_search_is_seeded_and_within_bounds(tmp_path):
 
 @pytest.mark.parametrize("doc, words", [
     ({"name": "s", "base": BASE, "axis": {"optimizer.lr": [0.1]}}, "Did you mean 'axes'"),
-    ({"name": "s", "base": BASE, "axes": {"optimizer.learning_rate": [0.1]}},
-     "Did you mean 'optimizer.lr'"),
+    ({"name": "s", "base": BASE, "axes": {"model.hidden_size": [[8]]}},
+     "Did you mean 'model.hidden'"),   # (optimizer.learning_rate is lr's alias: accepted)
     ({"name": "s", "base": BASE, "axes": {"optimizer.lr": {"loguniform": [1e-3, 1e-1]}}},
      "method: random"),
     ({"name": "s", "base": BASE, "method": "random", "axes": {"optimizer.lr": [0.1]}},

@@ -13,7 +13,7 @@ import pytest
 
 from bptrain.net.config import load_config
 from bptrain.errors import ConfigError
-from bptrain.training.runs import evaluate_run, load_run
+from bptrain.training.runs import _load_run_parts as load_run, evaluate_run
 from bptrain.net.data import load_data
 from bptrain.net.model import build_for_data
 from bptrain.training.trainer import SilentReporter, train

@@ -32,6 +32,11 @@ Robustness: None/NaN/inf points are skipped (the line joins the neighbouring fin
 series with no finite point are not drawn and are marked "(no data)" in the legend; a constant
 series or a single point get a padded range; ``width``/``height`` are raised to at least 30/5.
 Where two series share a character cell the dots are OR-ed and the later series' color wins.
+
+Without colour (NO_COLOR, a pipe, a log: ``markers=True``) series i's data points are drawn as
+MARKERS[i] ("*", "o", "+", ...) over its line, and the legend reads "─*─ train  ─o─ val".
+``chart_grid`` lays out several charts in a terminal's width: side by side when each gets at
+least 50 columns, stacked otherwise; no line is longer than the width.
 """
 from __future__ import annotations
 
@@ -43,9 +48,13 @@ from rich.text import Text
 
 from bptrain.formatting import format_number
 
-__all__ = ["Series", "line_chart", "chart_lines", "PALETTE", "format_number"]
+__all__ = ["Series", "Chart", "line_chart", "chart_lines", "chart_grid", "chart_layout",
+           "PALETTE", "MARKERS", "format_number"]
 
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red")
+# With markers=True (no colour: NO_COLOR, a pipe, a log) each data point of series i is drawn
+# as MARKERS[i] over the braille line, and the legend shows "─*─ train  ─o─ val".
+MARKERS = ("*", "o", "+", "x", "#", "@", "%", "&")
 MIN_WIDTH, MIN_HEIGHT = 30, 5
 AXIS_STYLE = "bright_black"
 LABEL_STYLE = "italic"
@@ -212,7 +221,8 @@ def _fit(text: str, width: int) -> str:
 
 
 def _render(series: Sequence[Series], width: int, height: int, title: str | None,
-            x_label: str, y_label: str, log_y: bool | None) -> list[list[_Run]]:
+            x_label: str, y_label: str, log_y: bool | None,
+            markers: bool = False) -> list[list[_Run]]:
     width, height = max(int(width), MIN_WIDTH), max(int(height), MIN_HEIGHT)
     styles = [s.style or PALETTE[i % len(PALETTE)] for i, s in enumerate(series)]
 
@@ -267,6 +277,7 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
     sx = (w2 - 1) / (x1 - x0)
     bits = [0] * (plot_w * height)
     owner = [-1] * (plot_w * height)
+    mark: dict[int, int] = {}                         # cell -> series whose marker it shows
 
     for si, pts in enumerate(pts_all):
         if not pts:
@@ -275,6 +286,8 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
         for x, t in pts:
             px = min(w2 - 1, max(0, round((x - x0) * sx)))
             p = (px, py_of(t))
+            if markers:
+                mark[(p[1] >> 2) * plot_w + (px >> 1)] = si
             if not pix or pix[-1] != p:
                 pix.append(p)
         pix = _thin(pix)
@@ -304,7 +317,10 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
         cur_style: str | None = None
         for c in range(plot_w):
             b = bits[base + c]
-            if b:
+            if base + c in mark:
+                si = mark[base + c]
+                ch, st = MARKERS[si % len(MARKERS)], styles[si]
+            elif b:
                 ch, st = chr(_BRAILLE + b), styles[owner[base + c]]
             else:
                 ch, st = " ", None
@@ -339,15 +355,16 @@ def _render(series: Sequence[Series], width: int, height: int, title: str | None
     legend: list[_Run] = []
     used = 0
     for i, s in enumerate(series):
-        label = _fit(s.label, width - 3 - (10 if not pts_all[i] else 0))
-        piece_len = 3 + len(label) + (10 if not pts_all[i] else 0) + (2 if legend else 0)
+        key = f"─{MARKERS[i % len(MARKERS)]}─ " if markers else "━━ "
+        label = _fit(s.label, width - len(key) - (10 if not pts_all[i] else 0))
+        piece_len = len(key) + len(label) + (10 if not pts_all[i] else 0) + (2 if legend else 0)
         if legend and used + piece_len > width:
             lines.append(_strip_runs(legend))
             legend, used = [], 0
             piece_len -= 2
         if legend:
             legend.append(("  ", None))
-        legend += [("━━ ", styles[i]), (label, styles[i])]
+        legend += [(key, styles[i]), (label, styles[i])]
         if not pts_all[i]:
             legend.append((" (no data)", "dim"))
         used += piece_len
@@ -407,21 +424,26 @@ def _draw(pix: list[tuple[int, int]], bits: list[int], owner: list[int], si: int
 
 def chart_lines(series: Sequence[Series], *, width: int = 72, height: int = 16,
                 title: str | None = None, x_label: str = "epoch", y_label: str = "loss",
-                log_y: bool | None = None) -> list[str]:
+                log_y: bool | None = None, markers: bool = False) -> list[str]:
     """The chart as plain strings (no styles), one per line; see the module doc for the layout.
 
     ``log_y=None`` picks a log10 y axis when every finite y is > 0 and max/min > 1e3;
-    ``True`` forces it (y <= 0 points are then skipped), ``False`` forbids it."""
-    rows = _render(series, width, height, title, x_label, y_label, log_y)
+    ``True`` forces it (y <= 0 points are then skipped), ``False`` forbids it.
+    ``markers=True`` draws series i's data points as MARKERS[i] (for output without colour)."""
+    rows = _render(series, width, height, title, x_label, y_label, log_y, markers)
     return ["".join(text for text, _ in runs) for runs in rows]
 
 
 def line_chart(series: Sequence[Series], *, width: int = 72, height: int = 16,
                title: str | None = None, x_label: str = "epoch", y_label: str = "loss",
-               log_y: bool | None = None) -> Text:
+               log_y: bool | None = None, markers: bool = False) -> Text:
     """The chart as a styled ``rich.text.Text`` (lines joined by newlines, no wrapping, cropped
     if the console is narrower than ``width``); its plain text equals ``chart_lines``."""
-    rows = _render(series, width, height, title, x_label, y_label, log_y)
+    rows = _render(series, width, height, title, x_label, y_label, log_y, markers)
+    return _text(rows)
+
+
+def _text(rows: list[list[_Run]]) -> Text:
     text = Text(no_wrap=True, overflow="crop", end="\n")
     for i, runs in enumerate(rows):
         if i:
@@ -429,3 +451,57 @@ def line_chart(series: Sequence[Series], *, width: int = 72, height: int = 16,
         for piece, style in runs:
             text.append(piece, style=style)
     return text
+
+
+# ---- several charts that fit the terminal -------------------------------------------------
+@dataclass
+class Chart:
+    """One chart of a `chart_grid`: its series and labels (as for ``line_chart``)."""
+    series: Sequence[Series]
+    title: str | None = None
+    x_label: str = "epoch"
+    y_label: str = "loss"
+    log_y: bool | None = None
+
+
+SIDE_BY_SIDE_MIN = 50   # a chart narrower than this is stacked instead
+MAX_CHART_WIDTH = 100   # wider is not easier to read
+
+
+def chart_layout(n: int, width: int, gap: int = 3) -> tuple[int, int]:
+    """(charts per row, width of each) for `n` charts in `width` columns: side by side when
+    each gets at least SIDE_BY_SIDE_MIN columns, else stacked at the full width."""
+    width = max(int(width), MIN_WIDTH)
+    for per_row in range(max(n, 1), 0, -1):
+        each = (width - gap * (per_row - 1)) // per_row
+        if per_row == 1 or each >= SIDE_BY_SIDE_MIN:
+            return per_row, min(each, MAX_CHART_WIDTH)
+    return 1, min(width, MAX_CHART_WIDTH)
+
+
+def chart_grid(charts: Sequence[Chart], *, width: int, height: int = 14, gap: int = 3,
+               markers: bool = False) -> Text:
+    """Charts laid out to fit `width` columns (a terminal's): side by side when there is
+    room (each at least SIDE_BY_SIDE_MIN wide), stacked otherwise; no line is longer than
+    `width`, so nothing wraps."""
+    per_row, each = chart_layout(len(charts), width, gap)
+    rendered = [_render(c.series, each, height, c.title, c.x_label, c.y_label, c.log_y,
+                        markers) for c in charts]
+    rows: list[list[_Run]] = []
+    for start in range(0, len(rendered), per_row):
+        group = rendered[start:start + per_row]
+        if rows:
+            rows.append([])
+        for k in range(max(len(g) for g in group)):
+            line: list[_Run] = []
+            used = 0
+            for j, g in enumerate(group):
+                runs = g[k] if k < len(g) else []
+                if j:
+                    pad = j * (each + gap) - used
+                    line.append((" " * pad, None))
+                    used += pad
+                line += runs
+                used += sum(len(t) for t, _ in runs)
+            rows.append(_strip_runs(line))
+    return _text(rows)

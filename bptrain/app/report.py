@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
-from bptrain.app.chart import Series, line_chart
+from bptrain.app.chart import Chart, Series, chart_grid, line_chart
 from bptrain.formatting import fmt, format_value, pct  # noqa: F401  (re-exported)
 
 
@@ -99,8 +99,9 @@ class RichReporter:
         n_tr, *sample = info["train_shape"]
         d = "x".join(map(str, sample))
         classes = f", {info['num_classes']} classes" if info["num_classes"] else ""
+        test = f", test {info['test_size']}" if info.get("test_size") else ""
         c.print(f"data   {info['data']}: train {n_tr} x {d}, val {info['val_shape'][0]}"
-                f"{classes}  ({info['dtype']})")
+                f"{test}{classes}  ({info['dtype']})")
         for spec in info.get("user_code", []):
             c.print(Text(f"user code: {spec} was loaded and runs in this network",
                          style="yellow"))
@@ -139,8 +140,13 @@ class RichReporter:
             return
         c = self.console
         if len(history) >= 2:
-            c.print(loss_chart(history))
+            c.print(training_charts(history, c.width, use_markers(c)))
         c.print(summary_table(summary))
+        stop = summary.get("early_stopping")
+        if stop and stop.get("stopped"):
+            c.print(Text(f"stopped early at epoch {stop['stopped_epoch']} ({stop['metric']} "
+                         f"did not improve for {stop['patience']} evaluations); model.npz has "
+                         f"the weights of epoch {stop['restored_epoch']}", style="yellow"))
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -150,6 +156,33 @@ class RichReporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def use_markers(console: Console) -> bool:
+    """Tell lines apart by markers, not only colour: under NO_COLOR, in a pipe or a log."""
+    return bool(console.no_color or console.color_system is None or not console.is_terminal)
+
+
+def training_charts(history: Sequence[dict[str, Any]], width: int = 72,
+                    markers: bool = False) -> Text:
+    """The loss chart and, for classifiers, the accuracy chart beside it (stacked when the
+    terminal is narrow), sized to `width` columns."""
+    x = [r["epoch"] for r in history]
+    val = any(r.get("val_loss") is not None for r in history)
+    loss = [Series("train", x, [r["train_loss"] for r in history], "magenta")]
+    if val:
+        loss.append(Series("val", x, [r.get("val_loss") for r in history], "cyan"))
+    charts = [Chart(loss, title="loss", y_label="loss")]
+    if any(r.get("train_acc") is not None or r.get("val_acc") is not None for r in history):
+        acc = [Series("train", x, [_percent(r.get("train_acc")) for r in history], "magenta")]
+        if any(r.get("val_acc") is not None for r in history):
+            acc.append(Series("val", x, [_percent(r.get("val_acc")) for r in history], "cyan"))
+        charts.append(Chart(acc, title="accuracy", y_label="accuracy %", log_y=False))
+    return chart_grid(charts, width=width, height=12, markers=markers)
+
+
+def _percent(v: float | None) -> float | None:
+    return None if v is None else 100.0 * v
 
 
 def loss_chart(history: Sequence[dict[str, Any]], title: str | None = None) -> Text:
@@ -162,17 +195,32 @@ def loss_chart(history: Sequence[dict[str, Any]], title: str | None = None) -> T
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    """Final and best: "best" is the evaluation the run's metric picked (summary's best_by:
+    the highest val_acc, else the lowest val_loss, else the lowest train_loss), whose weights
+    are best.npz; its other numbers (a train loss above the final one, say) are that
+    evaluation's, not each metric's best, and the header says so."""
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    by = summary.get("best_by") or next((k for k in ("val_acc", "val_loss", "train_loss")
+                                         if best.get(k) is not None), None)
     table = Table(title=f"summary: {summary['name']}", title_justify="left", show_edge=False)
     table.add_column("")
     table.add_column("final", justify="right")
-    table.add_column("best", justify="right")
-    final, best = summary.get("final") or {}, summary.get("best") or {}
+    table.add_column(f"best (by {BEST_WORDS.get(by, by)})" if by else "best", justify="right")
     for key, show in (("train_loss", fmt), ("val_loss", fmt), ("train_acc", pct),
                       ("val_acc", pct), ("epoch", str)):
         if final.get(key) is not None or best.get(key) is not None:
             table.add_row(key, show(final.get(key)), show(best.get(key)))
+    test = summary.get("test")
+    if test:  # evaluated once at the end, with the final and the best weights
+        tf, tb = test.get("final") or {}, test.get("best") or {}
+        table.add_row(f"test_loss (n={test['n']})", fmt(tf.get("loss")), fmt(tb.get("loss")))
+        if tf.get("accuracy") is not None:
+            table.add_row("test_acc", pct(tf.get("accuracy")), pct(tb.get("accuracy")))
     table.caption = (f"{summary['steps']} steps, {summary['seconds']:.2f}s, "
-                     f"{summary['num_params']:,} parameters")
+                     f"{summary['num_params']:,} parameters" +
+                     (f"; best: epoch {best.get('epoch')}, the "
+                      f"{'highest' if by.endswith('_acc') else 'lowest'} {BEST_WORDS.get(by, by)}"
+                      " (best.npz)" if by and best else ""))
     return table
 
 
@@ -190,21 +238,124 @@ def confusion_table(matrix: Any, title: str = "confusion matrix (rows: true, col
     return table
 
 
+def per_class_table(metrics: dict[str, Any]) -> Table:
+    """Precision, recall, F1 and support per class (runs.per_class_metrics), then the macro
+    and weighted means."""
+    table = Table(title="per class", title_justify="left", show_edge=False, pad_edge=False)
+    named = any("name" in r for r in metrics["per_class"])
+    table.add_column("class")
+    if named:
+        table.add_column("name")
+    for col in ("precision", "recall", "f1", "support"):
+        table.add_column(col, justify="right")
+    rows = metrics["per_class"]
+    for i, r in enumerate(rows):
+        table.add_row(str(r["class"]), *([r["name"]] if named else []), pct(r["precision"]),
+                      pct(r["recall"]), pct(r["f1"]), str(r["support"]),
+                      end_section=i == len(rows) - 1)
+    support = sum(r["support"] for r in rows)
+    for label in ("macro", "weighted"):
+        m = metrics[label]
+        table.add_row(Text(label, style="bold"), *([""] if named else []), pct(m["precision"]),
+                      pct(m["recall"]), pct(m["f1"]), str(support))
+    return table
+
+
+# ---- tables that fit the terminal ---------------------------------------------------------
+def _natural_width(table: Table) -> int:
+    """The width a table takes when nothing limits it."""
+    import io
+
+    from rich.measure import Measurement
+    console = Console(width=100_000, file=io.StringIO(), color_system=None)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def fit_table(columns: Sequence[dict[str, Any]], rows: Sequence[Sequence[Any]],
+              width: int | None, **table_kw: Any) -> Table:
+    """A table whose every row stays one line at `width` columns (rows are never wrapped
+    onto a second line, so they never look doubled):
+
+    1. as it is, when it fits;
+    2. else compact: no vertical rules, two spaces between columns;
+    3. else without the optional columns, dropped in order of their `drop` rank (the `flex`
+       column, if it has a rank, is first tried shortened to what is left, with an ellipsis);
+    4. else the `flex` column is shortened to what is left, with an ellipsis.
+
+    columns: {"header", "justify", "style", "drop" (rank, or None: always kept), "flex"}."""
+    def build(dropped: set[int], compact: bool, flex_max: int | None = None) -> Table:
+        kw = dict(table_kw)
+        if compact:
+            kw.update(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                      collapse_padding=True)
+        table = Table(**kw)
+        for i, c in enumerate(columns):
+            if i in dropped:
+                continue
+            table.add_column(c["header"], justify=c.get("justify", "left"),
+                             style=c.get("style"), no_wrap=True, overflow="ellipsis",
+                             max_width=flex_max if c.get("flex") else None)
+        for r in rows:
+            table.add_row(*[cell for i, cell in enumerate(r) if i not in dropped])
+        return table
+
+    table = build(set(), False)
+    if width is None or _natural_width(table) <= width:
+        return table
+    flex = next((i for i, c in enumerate(columns) if c.get("flex")), None)
+
+    def shrunk(dropped: set[int], least: int) -> Table | None:
+        """The table with the flex column cut to what is left (at least `least` wide)."""
+        if flex is None or flex in dropped:
+            return None
+        t = build(dropped, True)
+        excess = _natural_width(t) - width
+        if excess <= 0:
+            return t
+        natural = max([Text(str(columns[flex]["header"])).cell_len]
+                      + [Text(r[flex]).cell_len if isinstance(r[flex], str) else
+                         r[flex].cell_len for r in rows])
+        if natural - excess < least:
+            return None
+        return build(dropped, True, natural - excess)
+
+    dropped: set[int] = set()
+    table = build(dropped, True)
+    order = sorted((c["drop"], i) for i, c in enumerate(columns) if c.get("drop") is not None)
+    for _, i in order:
+        if _natural_width(table) <= width:
+            return table
+        if i == flex:  # before dropping the flex column, try it shortened
+            cut = shrunk(dropped, 12)
+            if cut is not None:
+                return cut
+        dropped.add(i)
+        table = build(dropped, True)
+    return shrunk(dropped, 1) or table
+
+
 STATUS_STYLE = {"pass": "bold green", "kink": "bold yellow", "fail": "bold red"}
 
 
-def gradcheck_table(results: Sequence[Any], title: str) -> Table:
-    """One row per checked array: shape, entries, max relative error, kinks, status."""
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col, justify in (("check", "left"), ("shape", "right"), ("entries", "right"),
-                         ("max rel error", "right"), ("kinks", "right"), ("status", "left")):
-        table.add_column(col, justify=justify)
+def gradcheck_table(results: Sequence[Any], title: str, width: int | None = None) -> Table:
+    """One row per checked array: shape, entries, max relative error, kinks, status; at
+    `width` columns (the terminal's), fitted as `fit_table` says (kinks, then entries go
+    first)."""
+    columns = [{"header": "check", "flex": True}, {"header": "shape", "justify": "right"},
+               {"header": "entries", "justify": "right", "drop": 2},
+               {"header": "max rel error", "justify": "right"},
+               {"header": "kinks", "justify": "right",
+                "drop": 0 if not any(r.kinks for r in results) else 3},
+               {"header": "status"}]
+    rows = []
     for r in results:
         err = Text(f"{r.max_rel_error:.2e}", style="red" if r.status == "fail" else
                    ("green" if r.max_rel_error < 1e-7 else "yellow"))
-        table.add_row(r.name, "x".join(map(str, r.shape)) or "scalar", str(r.checked), err,
-                      str(r.kinks) if r.kinks else "", Text(r.status, style=STATUS_STYLE[r.status]))
-    return table
+        rows.append([r.name, "x".join(map(str, r.shape)) or "scalar", str(r.checked), err,
+                     str(r.kinks) if r.kinks else "",
+                     Text(r.status, style=STATUS_STYLE[r.status])])
+    return fit_table(columns, rows, width, title=title, title_justify="left",
+                     show_edge=False, pad_edge=False)
 
 
 def gradcheck_verdict(results: Sequence[Any]) -> Text:
@@ -228,34 +379,58 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.6g}"
 
 
-def trace_report(t: Any) -> list[Any]:
-    """`bptrain trace`: (a) forward values, (b) backward steps, (c) gradients."""
-    values = ", ".join(f"{k} = {_num(v)}" for k, v in t.values.items())
-    out: list[Any] = [Text(f"f = {t.expression}   at {values}", style="bold")]
+TRACE_ROWS = 100  # rows of each trace table shown from each end (all of them in --json)
+
+
+def _few(items: Sequence[Any], skipped_row) -> Any:
+    """The first and last TRACE_ROWS items; in between, `skipped_row(n)` adds one row that
+    says how many were left out (a 20,000-term expression prints in a second, not minutes)."""
+    items = list(items)
+    if len(items) <= 2 * TRACE_ROWS + 1:
+        yield from items
+        return
+    yield from items[:TRACE_ROWS]
+    skipped_row(len(items) - 2 * TRACE_ROWS)
+    yield from items[-TRACE_ROWS:]
+
+
+def trace_report(t: Any, width: int | None = None) -> list[Any]:
+    """`bptrain trace`: (a) forward values, (b) backward steps, (c) gradients; the backward
+    table fitted to `width` columns (the terminal's) as `fit_table` says."""
+    values = ", ".join(f"{k} = {_num(v)}" for k, v in list(t.values.items())[:TRACE_ROWS])
+    if len(t.values) > TRACE_ROWS:
+        values += f", ... ({len(t.values) - TRACE_ROWS:,} more)"
+    expression = (t.expression if len(t.expression) <= 400 else
+                  f"{t.expression[:200]} ... {t.expression[-100:]} ({len(t.expression):,} "
+                  "characters)")
+    out: list[Any] = [Text(f"f = {expression}   at {values}", style="bold")]
     # Each title is a line of its own: a table's title wraps at the table's width, which
     # split "(c) gradients of f =" from the value on narrow tables.
     out.append(Text("(a) forward, in topological order", style="italic"))
     fwd = Table(show_edge=False, pad_edge=False)
     for col in ("node", "gate", "inputs", "value"):
         fwd.add_column(col, justify="right" if col == "value" else "left")
-    for n in t.nodes:
+    for n in _few(t.nodes, lambda skipped: fwd.add_row(f"... {skipped:,} more", "", "", "")):
         fwd.add_row(n["name"], n["gate"], ", ".join(n["inputs"]), _num(n["value"]))
     out.append(fwd)
     out.append(Text("(b) backward, in reverse order: downstream = local x upstream",
                     style="italic"))
-    back = Table(show_edge=False, pad_edge=False)
-    for col in ("gate", "pattern", "upstream", "to input", "local", "downstream"):
-        back.add_column(col, justify="right" if col in ("upstream", "local", "downstream")
-                        else "left")
-    for s in t.steps:
+    columns = [{"header": "gate", "flex": True}, {"header": "pattern", "drop": 0}]
+    columns += [{"header": c, "justify": "right" if c != "to input" else "left"}
+                for c in ("upstream", "to input", "local", "downstream")]
+    rows: list[list[Any]] = []
+    for s in _few(t.steps, lambda skipped: rows.append([f"... {skipped:,} more", "", "", "",
+                                                        "", ""])):
         for i, row in enumerate(s.inputs):
             first = i == 0
-            back.add_row(f"{s.node} ({s.gate})" if first else "", (s.pattern or "") if first
+            rows.append([f"{s.node} ({s.gate})" if first else "", (s.pattern or "") if first
                          else "", _num(s.upstream) if first else "", row["name"],
-                         _num(row["local"]), _num(row["downstream"]))
-    out.append(back)
+                         _num(row["local"]), _num(row["downstream"])])
+    out.append(fit_table(columns, rows, width, show_edge=False, pad_edge=False))
     for c in t.copies:
-        parts = " + ".join(_num(p["gradient"]) for p in c["contributions"])
+        parts = " + ".join(_num(p["gradient"]) for p in c["contributions"][:TRACE_ROWS])
+        if len(c["contributions"]) > TRACE_ROWS:
+            parts += f" + ... ({len(c['contributions']) - TRACE_ROWS:,} more)"
         out.append(Text(f"copy (adder): {c['variable']} is used {len(c['contributions'])} "
                         f"times, so its gradients add: {parts} = {_num(c['total'])}"))
     out.append(Text(f"(c) gradients of f = {_num(t.output)}", style="italic"))
@@ -265,7 +440,9 @@ def trace_report(t: Any) -> list[Any]:
     if t.numerical:
         grads.add_column("numerical", justify="right")
         grads.add_column("rel error", justify="right")
-    for name, g in t.gradients.items():
+    for name in _few(list(t.gradients), lambda skipped: grads.add_row(f"... {skipped:,} more",
+                                                                      "")):
+        g = t.gradients[name]
         row = [name, _num(g)]
         if t.numerical:
             n = t.numerical[name]
@@ -278,18 +455,23 @@ def trace_report(t: Any) -> list[Any]:
     return out
 
 
-def graph_table(s: Any, title: str) -> list[Any]:
-    """`bptrain show`: one row a node, then totals."""
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col, j in (("node", "left"), ("gate", "left"), ("inputs", "left"), ("shape", "right"),
-                   ("params", "right"), ("MACs", "right"), ("note", "left")):
-        table.add_column(col, justify=j)
+def graph_table(s: Any, title: str, width: int | None = None) -> list[Any]:
+    """`bptrain show`: one row a node, then totals; at `width` columns (the terminal's),
+    fitted as `fit_table` says (MACs, then params go first: the totals line has both)."""
+    columns = [{"header": "node"}, {"header": "gate"}, {"header": "inputs", "flex": True},
+               {"header": "shape", "justify": "right"},
+               {"header": "params", "justify": "right", "drop": 1},
+               {"header": "MACs", "justify": "right", "drop": 0},
+               {"header": "note", "drop": 2}]
+    rows = []
     for r in s.rows:
         note = f"copy -> {', '.join(r.consumers)}" if len(r.consumers) > 1 else ""
-        table.add_row(r.name, r.gate, ", ".join(r.inputs),
-                      "x".join(map(str, r.shape)) or "scalar",
-                      f"{r.params:,}" if r.params else "", f"{r.macs:,}" if r.macs else "",
-                      note)
+        rows.append([r.name, r.gate, ", ".join(r.inputs),
+                     "x".join(map(str, r.shape)) or "scalar",
+                     f"{r.params:,}" if r.params else "", f"{r.macs:,}" if r.macs else "",
+                     note])
+    table = fit_table(columns, rows, width, title=title, title_justify="left",
+                      show_edge=False, pad_edge=False)
     fans_out = any(len(r.consumers) > 1 for r in s.rows)
     totals = Text(("copy: a value used by several gates; their gradients add up in backward.\n"
                    if fans_out else "") + f"parameters {s.params:,}   forward multiply-adds per batch of {s.batch}: "
@@ -301,6 +483,13 @@ def graph_table(s: Any, title: str) -> list[Any]:
 # ---- bptrain sweep ------------------------------------------------------------------------
 SWEEP_STATUS_STYLE = {"queued": "dim", "submitted": "dim", "running": "cyan", "done": "green",
                       "failed": "bold red", "interrupted": "yellow"}
+
+
+def plural(n: int, word: str) -> str:
+    """1 trial, 2 trials, 1 worker process, 3 worker processes."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word}{'es' if word.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 def sweep_metric(value: Any, metric: str) -> str:
@@ -395,16 +584,23 @@ def sweep_leaderboard(records: Sequence[dict[str, Any]], info: dict[str, Any]) -
     for short in names.values():
         table.add_column(short, justify="right")
     table.add_column(metric, justify="right")
+    # The test split is shown beside the ranking metric and never ranks: it chose nothing.
+    test = ("test_acc" if any(r.get("test_acc") is not None for r in done) else
+            "test_loss" if any(r.get("test_loss") is not None for r in done) else None)
+    if test:
+        table.add_column(f"{test} (not ranked)", justify="right")
     table.add_column("epoch", justify="right")
     table.add_column("seconds", justify="right")
     for rank, r in enumerate(done, 1):
         table.add_row(str(rank), Text(_short_id(r), style="bold green" if rank == 1 else ""),
                       *_settings_cells(r, names), sweep_metric(r["metric"], metric),
+                      *([sweep_metric(r.get(test), test)] if test else []),
                       str(r["epoch"] or ""), _secs(r.get("seconds")) +
                       (" (kept)" if r.get("reused") else ""))
     for r in other:
         table.add_row("-", _short_id(r), *_settings_cells(r, names),
-                      Text(r["status"], style=SWEEP_STATUS_STYLE.get(r["status"], "")), "", "")
+                      Text(r["status"], style=SWEEP_STATUS_STYLE.get(r["status"], "")),
+                      *([""] if test else []), "", "")
     out: list[Any] = [table]
     for r in other:
         if r.get("reason"):
@@ -454,18 +650,19 @@ class SweepReporter:
         c = self.console
         kind = "local Ray CPU" if info["backend"] == "ray" else "worker process"
         where = (f"the Ray cluster at {info['address']}" if info.get("address") else
-                 f"{info['workers']} {kind}{'es' if kind.endswith('s') else 's'}"
-                 if info["workers"] != 1 else f"1 {kind}")
+                 plural(info["workers"], kind))
         c.print(Text(f"bptrain sweep {info['name']} -> {info['dir']}/", style="bold"))
         goal = "higher" if info["goal"] == "maximize" else "lower"
-        c.print(f"{info['trials']} trials, {info['to_run']} to run on {where}; metric "
+        c.print(f"{plural(info['trials'], 'trial')}, {info['to_run']} to run on {where}; metric "
                 f"{info['metric']} ({goal} is better)")
         if info["reused"]:
-            c.print(f"{info['reused']} trials already finished with the same config: kept, "
-                    "not trained again")
+            c.print(f"{plural(info['reused'], 'trial')} already finished with the same config: "
+                    "kept, not trained again")
         if info["invalid"]:
-            c.print(Text(f"{info['invalid']} trials have an invalid setting and are recorded "
-                         "as failed", style="yellow"))
+            c.print(Text(f"{plural(info['invalid'], 'trial')} "
+                         f"{'has' if info['invalid'] == 1 else 'have'} an invalid setting and "
+                         f"{'is' if info['invalid'] == 1 else 'are'} recorded as failed",
+                         style="yellow"))
         if self.use_live and info["to_run"]:
             self.live = Live(self._render(), console=c, refresh_per_second=4, transient=True)
             self.live.start()
@@ -504,9 +701,10 @@ class SweepReporter:
                and r.get("seconds") is not None]
         busy = sum(r["seconds"] for r in ran)
         if ran:
-            unit = "Ray CPUs" if result.backend == "ray" else "workers"
-            c.print(f"wall {result.wall_seconds:.1f}s for {len(ran)} trials on {result.workers} "
-                    f"{unit}; their training time adds up to {busy:.1f}s"
+            unit = "Ray CPU" if result.backend == "ray" else "worker"
+            c.print(f"wall {result.wall_seconds:.1f}s for {plural(len(ran), 'trial')} on "
+                    f"{plural(result.workers, unit)}; "
+                    f"{'its' if len(ran) == 1 else 'their'} training time adds up to {busy:.1f}s"
                     + (f" ({busy / result.wall_seconds:.1f}x the wall time)"
                        if busy >= result.wall_seconds > 0 else ""))
         elif not info["to_run"]:
@@ -516,6 +714,10 @@ class SweepReporter:
             c.print(Text(f"best: {b['trial']}  {info['metric']} "
                          f"{sweep_metric(b['metric'], info['metric'])} (epoch {b['epoch']}) -> "
                          f"{info['dir']}/best.yaml", style="bold green"))
+            key = "test_acc" if b.get("test_acc") is not None else "test_loss"
+            if b.get(key) is not None:
+                c.print(f"its test split ({b.get('test_n')} samples, {b.get('test_weights')} "
+                        f"weights, not used to choose): {key} {sweep_metric(b[key], key)}")
 
 
 # ---- diagnostics, runs, compare, sanity ---------------------------------------------------
@@ -579,45 +781,63 @@ def _group_warnings(items: Sequence[str]) -> str:
     return "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds.items())
 
 
-def _best_val(m: dict[str, Any]) -> Text:
-    if m["best_val_acc"] is not None:
-        return Text(pct(m["best_val_acc"]), style="bold cyan")
-    if m["best_loss"] is not None:
-        return Text(f"loss {fmt(m['best_loss'])}" + ("" if m["best_loss_kind"] == "val"
-                                                    else " (train)"))
-    return Text("-", style="dim")
+BEST_WORDS = {"val_acc": "val acc", "val_loss": "val loss", "train_loss": "train loss"}
 
 
-def runs_table(runs: Sequence[Any], root: str) -> Table:
-    """`bptrain runs`: one row per run directory, oldest first."""
-    table = Table(title=f"runs in {root}/", title_justify="left", show_edge=False,
-                  pad_edge=False, box=box.SIMPLE_HEAD)
-    table.add_column("run", no_wrap=True)
-    table.add_column("date (m-d)", no_wrap=True)
-    table.add_column("config")
-    table.add_column("network")
-    table.add_column("epochs", justify="right")
-    table.add_column("best val", justify="right", no_wrap=True)
-    table.add_column("warnings", style="red")
+def best_text(m: dict[str, Any]) -> str:
+    """The best evaluation's number and the metric that picked it: "98.06% val acc"."""
+    by, value = m.get("best_by"), m.get("best_value")
+    if by is None or value is None:
+        return "-"
+    return f"{pct(value) if by.endswith('_acc') else fmt(value)} {BEST_WORDS.get(by, by)}"
+
+
+def runs_table(runs: Sequence[Any], root: str, width: int | None = None) -> Table:
+    """`bptrain runs`: one row per run directory, oldest first: date (month-day hour:minute
+    of the end, or of the last file written), the best evaluation and the metric that picked
+    it; a damaged run is marked so, its problem in the caption. At `width` columns (the
+    terminal's) the table is fitted as `fit_table` says (config, then warnings go first)."""
+    columns = [{"header": "run"}, {"header": "date"}, {"header": "config", "drop": 0},
+               {"header": "network", "flex": True, "drop": 2},
+               {"header": "epochs", "justify": "right"},
+               {"header": "best", "justify": "right"},
+               {"header": "warnings", "style": "red", "drop": 1}]
+    rows, damaged = [], []
     for r in runs:
+        date = r.date[5:16] if len(r.date) >= 16 else r.date  # "12-01 08:48"
+        if getattr(r, "problem", None):
+            damaged.append(f"{r.name} ({r.problem})")
+            rows.append([r.name, date, "-", "-", Text("damaged", style="bold red"),
+                         Text("-", style="dim"), ""])
+            continue
         m = r.metrics()
         total = f"/{r.total_epochs}" if r.total_epochs else ""
         epochs = (Text(str(m["epochs"])) if r.finished else
                   Text(f"{m['epochs']}{total} unfinished", style="yellow"))
         kinds = sorted({w.split(" (")[0] for w in m["warnings"]})
-        table.add_row(r.name, r.date[5:] if len(r.date) == 16 else r.date,
-                      Path(r.source).name if r.source else "-", describe_network(r.config),
-                      epochs, _best_val(m), ", ".join(kinds))
+        best = best_text(m)
+        rows.append([r.name, date, Path(r.source).name if r.source else "-",
+                     describe_network(r.config), epochs,
+                     Text(best, style="bold cyan" if best != "-" else "dim"), ", ".join(kinds)])
+    table = fit_table(columns, rows, width, title=f"runs in {root}/", title_justify="left",
+                      show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD)
     if not runs:
         table.caption = "no runs yet: bptrain run CONFIG writes one"
+    elif damaged:
+        table.caption = ("damaged (listed, not read): " + "; ".join(damaged))
+        table.caption_justify = "left"
     return table
 
 
 def describe_network(config: dict[str, Any]) -> str:
     """A config in a few words: hidden sizes, activation, loss, optimizer and rate."""
-    model, loss = config.get("model") or {}, config.get("loss") or {}
-    opt = config.get("optimizer") or {}
-    if model.get("layers"):
+    def section(key: str) -> dict[str, Any]:
+        v = config.get(key) if isinstance(config, dict) else None
+        return v if isinstance(v, dict) else {}
+    model, loss, opt = section("model"), section("loss"), section("optimizer")
+    if not (model or loss or opt):
+        return "-"
+    if isinstance(model.get("layers"), list) and model["layers"]:
         units = [str(l.get("units") or "out") for l in model["layers"]
                  if isinstance(l, dict) and l.get("type") == "affine"]
         net = "layers " + "-".join(units)
@@ -636,7 +856,8 @@ def _show_setting(v: Any) -> str:
     return str(v)
 
 
-def compare_report(runs: Sequence[Any], labels: Sequence[str]) -> list[Any]:
+def compare_report(runs: Sequence[Any], labels: Sequence[str], width: int = 72,
+                   markers: bool = False) -> list[Any]:
     """`bptrain compare`: settings that differ, final and best metrics, overlaid loss curves."""
     from bptrain.training.runs import differing_settings
     out: list[Any] = []
@@ -679,12 +900,18 @@ def compare_report(runs: Sequence[Any], labels: Sequence[str]) -> list[Any]:
     row("final val loss", "final_val_loss", fmt, "min")
     row("final train acc", "final_train_acc", pct, "max")
     row("final val acc", "final_val_acc", pct, "max")
-    row("best val acc", "best_val_acc", pct, "max",
-        lambda m: f" (ep {m['best_val_acc_epoch']})")
-    kinds = {m["best_loss_kind"] for m in metrics if m["best_loss"] is not None}
-    row("best val loss" if kinds == {"val"} else "best loss", "best_loss", fmt, "min",
-        lambda m: (f" (ep {m['best_loss_epoch']})" if kinds == {"val"} else
-                   f" ({m['best_loss_kind']}, ep {m['best_loss_epoch']})"))
+    # "best": the one evaluation each run's metric picked (rundir.best_by), as in training,
+    # summary.json and best.npz; the row says which metric, and the other numbers are "at" it.
+    bys = {m["best_by"] for m in metrics if m.get("best_by")}
+    if len(bys) == 1:
+        (by,) = bys
+        show = pct if by.endswith("_acc") else fmt
+        row(f"best {BEST_WORDS.get(by, by)}", "best_value", show,
+            "max" if by.endswith("_acc") else "min", lambda m: f" (ep {m['best_epoch']})")
+        if by == "val_acc":
+            row("val loss at best", "best_loss", fmt)
+    elif bys:  # runs picked by different metrics: no common "best" to rank
+        table.add_row("best (metric)", *[Text(best_text(m)) for m in metrics])
     row("seconds", "seconds", lambda v: f"{v:.1f}")
     table.add_row("warnings", *[Text(_group_warnings(m["warnings"]) or "none",
                                      style="red" if m["warnings"] else "dim")
@@ -698,8 +925,14 @@ def compare_report(runs: Sequence[Any], labels: Sequence[str]) -> list[Any]:
         kinds.add(kind)
         series.append(Series(f"{label} ({kind})", x, y))
     what = " / ".join(sorted(kinds, reverse=True)) if kinds else "loss"
-    out.append(line_chart(series, title=f"{what} loss per run", x_label="epoch",
-                          y_label="loss"))
+    charts = [Chart(series, title=f"{what} loss per run", y_label="loss")]
+    if any(r.get("val_acc") is not None for run in runs for r in run.history):
+        acc = [Series(label, [r["epoch"] for r in run.history],
+                      [_percent(r.get("val_acc")) for r in run.history])
+               for label, run in zip(labels, runs)]
+        charts.append(Chart(acc, title="val accuracy per run", y_label="accuracy %",
+                            log_y=False))
+    out.append(chart_grid(charts, width=width, height=14, markers=markers))
     return out
 
 

@@ -5,58 +5,52 @@ upstream x local = downstream, with the lecture's name for each gate's pattern.
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bptrain.app.expression import ExpressionError, Step, Trace, domain_error_scalar
 from bptrain.engine import gates as G
-from bptrain.errors import BptrainError
+from bptrain.engine.gate import registry
 from bptrain.engine.graph import Gate, Graph, Node
+from bptrain.errors import BptrainError
 
-FUNCTIONS = {"exp": (G.Exp, 1), "log": (G.Log, 1), "sigmoid": (G.Sigmoid, 1),
-             "tanh": (G.Tanh, 1), "relu": (G.ReLU, 1), "abs": (G.Abs, 1),
-             "max": (G.Maximum, 2), "min": (G.Minimum, 2)}
+
+
+
+def _functions() -> dict[str, tuple[type, int]]:
+    """The functions an expression may call, read from the gate registry: every activation
+    and function gate, by its config name, with its number of inputs."""
+    out = {}
+    for cls in registry.classes(("activation", "function")):
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]
+        if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            out[registry.key(cls)] = (cls, len(params))
+    return out
+
+
+FUNCTIONS = _functions()
 OPERATORS = {ast.Add: G.Add, ast.Sub: G.Subtract, ast.Mult: G.Multiply, ast.Div: G.Divide}
+OPERATORS[ast.MatMult] = G.MatMul  # vectors and matrices (bptrain.app.tensors)
 
 
-class ExpressionError(BptrainError):
-    """A problem at a place in the expression: the message shows it with a caret."""
-
-    def __init__(self, expr: str, start: int, end: int, message: str):
-        end = max(end, start + 1)
-        caret = " " * start + "^" * (end - start)
-        super().__init__(f"{message}\n  {expr}\n  {caret}")
-        self.start, self.end = start, end
-
-
-@dataclass
-class Step:
-    """One gate of the backward pass."""
-    node: str
-    gate: str
-    pattern: str | None
-    upstream: float
-    inputs: list[dict[str, Any]]  # name, local, downstream (None for constants)
+def _number(value: Any) -> float | None:
+    """A literal as a float, or None when it is beyond a float (a 400-digit integer)."""
+    try:
+        v = float(value)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
 
 
-@dataclass
-class Trace:
-    expression: str
-    values: dict[str, float]
-    output: float
-    nodes: list[dict[str, Any]]          # forward, in topological order
-    steps: list[Step]                    # backward, in reverse topological order
-    copies: list[dict[str, Any]]         # variables used more than once: contributions added
-    gradients: dict[str, float]
-    numerical: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"expression": self.expression, "values": self.values, "output": self.output,
-                "nodes": self.nodes, "backward": [s.__dict__ for s in self.steps],
-                "copies": self.copies, "gradients": self.gradients,
-                **({"numerical": self.numerical} if self.numerical else {})}
+def _char_col(expr: str, byte_col: int) -> int:
+    """ast's column offsets count UTF-8 bytes; the caret counts characters."""
+    if expr.isascii():
+        return byte_col
+    return len(expr.encode("utf-8")[:byte_col].decode("utf-8", "ignore"))
 
 
 class _Builder:
@@ -68,47 +62,68 @@ class _Builder:
         self.first_use: dict[str, ast.AST] = {}
         self.where: dict[str, tuple[int, int]] = {}  # node name -> columns in the text
 
-    def fail(self, node: ast.AST, message: str) -> ExpressionError:
-        return ExpressionError(self.expr, node.col_offset, node.end_col_offset or
-                               node.col_offset + 1, message)
+    def span(self, node: ast.AST) -> tuple[int, int]:
+        """Where `node` is in the expression, in characters."""
+        start = _char_col(self.expr, node.col_offset)
+        end = _char_col(self.expr, node.end_col_offset) if node.end_col_offset else start + 1
+        return start, end
 
-    def build(self, node: ast.AST) -> Node:
-        out = self._build(node)
-        self.where.setdefault(out.name, (node.col_offset, node.end_col_offset or 0))
-        return out
+    def fail(self, node: ast.AST, message: str) -> ExpressionError:
+        start, end = self.span(node)
+        return ExpressionError(self.expr, start, end, message)
+
+    def build(self, root: ast.AST) -> Node:
+        """Add `root` and everything under it to the graph, children first, left to right:
+        with an explicit stack, so a chain of 20,000 terms (a tree 20,000 deep) never hits
+        Python's recursion limit. Each node is checked when it is reached (pre-order), so
+        the first mistake from the left is the one reported."""
+        built: dict[int, Node] = {}
+        stack: list[tuple[ast.AST, list[ast.AST] | None]] = [(root, None)]
+        while stack:
+            node, children = stack[-1]
+            if children is None:
+                children = self._children(node)
+                stack[-1] = (node, children)
+                stack.extend((c, None) for c in reversed(children))
+                continue
+            stack.pop()
+            out = self._make(node, [built.pop(id(c)) for c in children])
+            self.where.setdefault(out.name, self.span(node))
+            built[id(node)] = out
+        return built[id(root)]
 
     def _apply(self, gate: Gate, node: ast.AST, *inputs: Node) -> Node:
         out = self.graph.apply(gate, *inputs)
-        self.where[out.name] = (node.col_offset, node.end_col_offset or 0)
+        self.where[out.name] = self.span(node)
         return out
 
-    def _build(self, node: ast.AST) -> Node:
+    def _children(self, node: ast.AST) -> list[ast.AST]:
+        """Check `node` and return the nodes it is built from (in order)."""
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
                 and not isinstance(node.value, bool):
-            return self.graph.const(float(node.value), name=self._const_name(node.value))
+            if _number(node.value) is None:
+                raise self.fail(node, "this number is beyond what a float holds (about "
+                                "1.8e308, 17 significant digits); write a smaller number")
+            return []
         if isinstance(node, ast.Name):
             if node.id in FUNCTIONS:
                 raise self.fail(node, f"{node.id} is a function: call it, e.g. {node.id}(x)")
-            if node.id not in self.variables:
-                self.variables[node.id] = self.graph.input(node.id)
-                self.first_use[node.id] = node
-            return self.variables[node.id]
+            return []
         if isinstance(node, ast.BinOp):
             if isinstance(node.op, ast.Pow):
                 exponent = _constant(node.right)
                 if exponent is None:
                     raise self.fail(node.right, "the power gate takes a constant exponent "
-                                    "(x ** 2, x ** -0.5); write exp(y * log(x)) for x ** y")
-                return self._apply(G.Power(exponent), node, self.build(node.left))
-            gate = OPERATORS.get(type(node.op))
-            if gate is None:
+                                    "(x ** 2, x ** -0.5, a number a float holds); write "
+                                    "exp(y * log(x)) for x ** y")
+                return [node.left]
+            if type(node.op) not in OPERATORS:
                 raise self.fail(node, f"the operator {type(node.op).__name__} is not "
                                 "supported; use + - * / ** and the functions "
                                 + ", ".join(FUNCTIONS))
-            return self._apply(gate(), node, self.build(node.left), self.build(node.right))
+            return [node.left, node.right]
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            inner = self.build(node.operand)
-            return self._apply(G.Negate(), node, inner) if isinstance(node.op, ast.USub) else inner
+            return [node.operand]
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name):  # obj.method(...), f(x)(y), ...
                 raise self.fail(node.func, "only the functions " + ", ".join(FUNCTIONS)
@@ -116,42 +131,76 @@ class _Builder:
             if node.func.id not in FUNCTIONS:
                 raise self.fail(node.func, f"unknown function {node.func.id!r}; known: "
                                 + ", ".join(FUNCTIONS))
-            gate_cls, arity = FUNCTIONS[node.func.id]
+            _, arity = FUNCTIONS[node.func.id]
             if node.keywords or len(node.args) != arity:
                 raise self.fail(node, f"{node.func.id} takes {arity} argument"
                                 f"{'s' if arity > 1 else ''}")
-            return self._apply(gate_cls(), node, *[self.build(a) for a in node.args])
+            return list(node.args)
         raise self.fail(node, "not part of the expression language: use numbers, names, "
                         "+ - * / **, parentheses and " + ", ".join(FUNCTIONS))
 
+    def _make(self, node: ast.AST, inputs: list[Node]) -> Node:
+        """The graph node of a checked `node` whose inputs are built."""
+        if isinstance(node, ast.Constant):
+            value = float(node.value)
+            return self.graph.const(value, name=self._const_name(value))
+        if isinstance(node, ast.Name):
+            if node.id not in self.variables:
+                self.variables[node.id] = self.graph.input(node.id)
+                self.first_use[node.id] = node
+            return self.variables[node.id]
+        if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Pow):
+                return self._apply(G.Power(_constant(node.right)), node, *inputs)
+            return self._apply(OPERATORS[type(node.op)](), node, *inputs)
+        if isinstance(node, ast.UnaryOp):
+            (inner,) = inputs
+            return self._apply(G.Negate(), node, inner) if isinstance(node.op, ast.USub) else inner
+        gate_cls, _ = FUNCTIONS[node.func.id]
+        return self._apply(gate_cls(), node, *inputs)
+
     def _const_name(self, value: float) -> str:
-        base, i = f"{value:g}", 1
-        name = base
-        while name in self.graph._names:
+        base = f"{value:g}"
+        counts = self.__dict__.setdefault("_const_counts", {})
+        i = counts.get(base, 0)
+        name = base if i == 0 else f"{base}#{i + 1}"
+        while name in self.graph._names:  # a variable could be named like a number: never
             i += 1
-            name = f"{base}#{i}"
+            name = f"{base}#{i + 1}"
+        counts[base] = i + 1
         return name
 
 
 def _constant(node: ast.AST) -> float | None:
+    """A numeric literal with any number of signs in front (-2, --0.5), as a finite float;
+    None otherwise (names, expressions, numbers beyond a float)."""
+    sign = 1.0
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node.op, ast.USub):
+            sign = -sign
+        node = node.operand
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
             and not isinstance(node.value, bool):
-        return float(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        inner = _constant(node.operand)
-        if inner is not None:
-            return -inner if isinstance(node.op, ast.USub) else inner
+        v = _number(node.value)
+        return None if v is None else sign * v
     return None
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, float]:
     """NAME=VALUE strings to numbers; a value that is not a finite number is an error."""
+    import unicodedata
     values: dict[str, float] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
-        name = name.strip()
+        # Python's parser reads identifiers in NFKC form (ﬁ is fi, ｘ is x): so do the values,
+        # or a name would never match its use in the expression.
+        name = unicodedata.normalize("NFKC", name.strip())
         if not sep or not name.isidentifier():
             raise BptrainError(f"{pair!r}: give variable values as NAME=VALUE, e.g. x=-2.")
+        if text.lstrip().startswith("["):  # a vector or matrix: nested lists of numbers
+            from bptrain.app.tensors import parse_array
+            values[name] = parse_array(pair, len(pair) - len(text))  # type: ignore[assignment]
+            continue
         try:
             value = float(text)
         except ValueError:  # the caret goes under the value, as under an expression's part
@@ -167,31 +216,107 @@ def parse_assignments(pairs: list[str]) -> dict[str, float]:
 
 def _domain_error(builder: _Builder, node: Node, expr: str) -> ExpressionError | None:
     """Say which gate left its domain (log of a non-positive number, division by zero, ...)."""
-    start, end = builder.where.get(node.name, (0, len(expr)))
-    args = [float(p.value) for p in node.inputs]
-    gate = node.gate
-    if isinstance(gate, G.Log) and args[0] <= 0:
-        msg = f"log of {args[0]:g} is undefined: log needs a positive argument"
-    elif isinstance(gate, G.Divide) and args[1] == 0:
-        msg = "division by zero: the denominator is 0 here"
-    elif isinstance(gate, G.Power) and args[0] == 0 and gate.exponent < 0:
-        msg = f"0 to the power {gate.exponent:g} is undefined"
-    elif isinstance(gate, G.Power) and args[0] < 0:
-        msg = f"{args[0]:g} ** {gate.exponent:g} is not a real number"
-    else:
-        msg = f"{gate.label()} gives {float(node.value)} here: the value is out of range"
-    return ExpressionError(expr, start, end, msg)
+    if np.ndim(node.value) or any(np.ndim(p.value) for p in node.inputs):
+        from bptrain.app.tensors import domain_error  # names the entry out of range
+        return domain_error(builder, node, expr)
+    return domain_error_scalar(builder, node, expr)
+
+
+def _syntax_error(expr: str, e: SyntaxError, shift: int = 0) -> ExpressionError:
+    col = (e.offset or 1) - 1
+    end = (e.end_offset or col + 2) - 1 if e.end_lineno in (None, 1) else col + 1
+    col, end = col + shift, end + shift
+    return ExpressionError(expr, min(col, len(expr)), min(max(end, col + 1), len(expr) + 1),
+                           f"syntax error: {e.msg}")
+
+
+def _parse(expr: str) -> ast.Expression:
+    """`ast.parse` in eval mode. Python's parser gives up on a flat chain of a few thousand
+    terms (x + x + ... + x: RecursionError, MemoryError); such a chain is split at its
+    top-level + and - (then * and /), each term parsed alone and the chain rebuilt left to
+    right, exactly the tree Python would have made."""
+    try:
+        return ast.parse(expr.strip() and expr, mode="eval")
+    except SyntaxError as e:
+        raise _syntax_error(expr, e) from None
+    except (RecursionError, MemoryError, OverflowError):
+        pass
+    body = _parse_chain(expr, 0, len(expr), ("+-", "*/"))
+    return ast.Expression(body=body)
+
+
+_BINARY = {"+": ast.Add, "-": ast.Sub, "*": ast.Mult, "/": ast.Div}
+
+
+def _parse_chain(expr: str, lo: int, hi: int, levels: tuple[str, ...]) -> ast.AST:
+    """expr[lo:hi] split at the top-level binary operators of levels[0] (a leading sign or
+    one after an operator is unary, not a split), each part parsed by `_parse_part`."""
+    import io
+    import tokenize
+    ops = levels[0]
+    text = expr[lo:hi]
+    cuts: list[tuple[int, str]] = []
+    depth, prev_operand = 0, False
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER,
+                            tokenize.COMMENT):
+                continue
+            if tok.string in "([{" and tok.type == tokenize.OP:
+                depth += 1
+            elif tok.string in ")]}" and tok.type == tokenize.OP:
+                depth -= 1
+            if (depth == 0 and tok.type == tokenize.OP and tok.string in ops and len(tok.string)
+                    == 1 and prev_operand):
+                cuts.append((tok.start[1], tok.string))
+            prev_operand = (tok.type in (tokenize.NAME, tokenize.NUMBER)
+                            or tok.string in (")", "]", "}"))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        cuts = []
+    if not cuts:
+        if len(levels) > 1:
+            return _parse_chain(expr, lo, hi, levels[1:])
+        raise ExpressionError(expr, lo, hi, "the expression nests too deeply for Python's "
+                              "parser here; write it flatter (long sums and products are "
+                              "fine)")
+    bounds = [lo] + [lo + c + 1 for c, _ in cuts]
+    ends = [lo + c for c, _ in cuts] + [hi]
+    parts = [_parse_part(expr, a, b, levels) for a, b in zip(bounds, ends)]
+    tree = parts[0]
+    for (_, op), right in zip(cuts, parts[1:]):
+        tree = ast.BinOp(left=tree, op=_BINARY[op](), right=right, lineno=1,
+                         col_offset=parts[0].col_offset, end_lineno=1,
+                         end_col_offset=right.end_col_offset)
+    return tree
+
+
+def _parse_part(expr: str, lo: int, hi: int, levels: tuple[str, ...]) -> ast.AST:
+    """One term of a split chain, parsed alone, its columns moved to where it stands."""
+    lead = len(expr[lo:hi]) - len(expr[lo:hi].lstrip())   # "x + x": terms " x" and " x"
+    lo += lead
+    text = expr[lo:hi].rstrip()
+    shift = len(expr[:lo].encode("utf-8"))
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError as e:
+        raise _syntax_error(expr, e, lo) from None
+    except (RecursionError, MemoryError, OverflowError):
+        if len(levels) > 1:
+            return _parse_chain(expr, lo, hi, levels[1:])
+        raise ExpressionError(expr, lo, hi, "the expression nests too deeply for Python's "
+                              "parser here; write it flatter (long sums and products are "
+                              "fine)") from None
+    for n in ast.walk(node):  # iterative: a queue, no recursion
+        if hasattr(n, "col_offset"):
+            n.col_offset += shift
+            if getattr(n, "end_col_offset", None) is not None:
+                n.end_col_offset += shift
+    return node
 
 
 def trace(expr: str, values: dict[str, float], check: bool = False, h: float = 1e-5) -> Trace:
     """Build `expr` as a graph of gates, run forward and backward, and record every step."""
-    try:
-        tree = ast.parse(expr.strip() and expr, mode="eval")
-    except SyntaxError as e:
-        col = (e.offset or 1) - 1
-        end = (e.end_offset or col + 2) - 1 if e.end_lineno in (None, 1) else col + 1
-        raise ExpressionError(expr, min(col, len(expr)), min(max(end, col + 1), len(expr) + 1),
-                              f"syntax error: {e.msg}") from None
+    tree = _parse(expr)
     graph = Graph()
     builder = _Builder(expr, graph)
     out = builder.build(tree.body)
@@ -205,9 +330,13 @@ def trace(expr: str, values: dict[str, float], check: bool = False, h: float = 1
                            "it or check the spelling.")
     order, _ = graph.plan(out)
     with np.errstate(all="ignore"):
-        graph.forward(out, **{k: np.float64(v) for k, v in values.items()})
+        try:
+            graph.forward(out, **{k: np.asarray(v, dtype=np.float64) for k, v in values.items()})
+        except ValueError as e:  # shapes that do not fit (vectors and matrices)
+            from bptrain.app.tensors import shape_error
+            raise shape_error(builder, graph, out, expr, e) from None
     for node in order:
-        if node.gate is not None and not np.isfinite(node.value):
+        if node.gate is not None and not np.all(np.isfinite(node.value)):
             raise _domain_error(builder, node, expr)
     graph.backward(out)
     return _record(expr, values, graph, out, builder, check, h)
@@ -215,6 +344,9 @@ def trace(expr: str, values: dict[str, float], check: bool = False, h: float = 1
 
 def _record(expr: str, values: dict[str, float], graph: Graph, out: Node, builder: _Builder,
             check: bool, h: float) -> Trace:
+    if any(np.ndim(n.value) for n in graph.plan(out)[0]):  # vectors or matrices
+        from bptrain.app.tensors import record
+        return record(expr, values, graph, out, builder, check, h)
     order, backward = graph.plan(out)
     nodes = [{"name": n.name, "gate": n.gate.label() if n.gate else n.kind,
               "inputs": [p.name for p in n.inputs], "value": float(n.value)} for n in order]
@@ -234,7 +366,8 @@ def _record(expr: str, values: dict[str, float], graph: Graph, out: Node, builde
             rows.append({"name": parent.name, "local": loc, "downstream": loc * upstream})
             contributions.setdefault(parent.name, []).append(
                 {"from": node.name, "gradient": loc * upstream})
-        steps.append(Step(node.name, node.gate.label(), node.gate.pattern, upstream, rows))
+        steps.append(Step(node.name, node.gate.label(),
+                          node.gate.pattern, upstream, rows))
     copies = [{"variable": name, "contributions": contributions[name],
                "total": float(var.grad)}
               for name, var in builder.variables.items() if len(contributions.get(name, [])) > 1]

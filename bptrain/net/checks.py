@@ -21,7 +21,7 @@ def check_config(cfg: Any, *, samples: int | None = 100, h: float = H, seed: int
     small batch of its training data, whatever the config's dtype."""
     cfg = load_config(cfg, ["train.dtype=float64"])
     data = load_data(cfg)
-    model = build_for_data(cfg, data)
+    model = build_for_data(cfg, data)  # a network too large for memory: refused first
     X, y = data.X_train[:batch], data.y_train[:batch]
     model.graph.feed(X=model.shaped(X), y=model.targets(y))
     return check_graph(model.graph, model.loss, h=h, samples=samples, seed=seed)

@@ -176,6 +176,17 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     source_path: str | None = field(default=None, repr=False, compare=False)  # not a key
 
+    def takes_images(self) -> bool:
+        """True when the network has a layer that reads images (C, H, W): a convolution, a
+        pooling, a spatial normalization (their gate classes say so by `input_rank`)."""
+        def walk(layers: list) -> bool:
+            for layer in layers:
+                cls = registry.find(layer["type"], LAYER_KINDS)
+                if (cls is not None and cls.input_rank == 3) or walk(layer.get("layers", [])):
+                    return True
+            return False
+        return self.model.layers is not None and walk(self.model.layers)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("source_path")
@@ -186,8 +197,37 @@ class Config:
 
 
 # ---- YAML ---------------------------------------------------------------------------------
+MAX_YAML_BYTES = 256 * 1024    # a config or sweep file; bptrain's own are a few KB
+MAX_YAML_VALUES = 100_000      # values after expanding aliases (a "billion laughs" has 10**9)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as 1e-4 (YAML 1.1 wants 1.0e-4)."""
+    """SafeLoader that also reads YAML 1.2 floats such as 1e-4 (YAML 1.1 wants 1.0e-4), and
+    refuses a key given twice in one mapping (YAML requires unique keys; PyYAML would keep the
+    last silently, so a second `lr:` would quietly win)."""
+
+    where = "config"
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the constructor says so below
+                    continue
+                if first is not None:
+                    m = key_node.start_mark
+                    raise ConfigError(
+                        f"{self.where}:{m.line + 1}:{m.column + 1}: the key {_show(key)} is "
+                        f"given twice in one mapping (first at line {first.line + 1}, again "
+                        f"at line {m.line + 1}); YAML keys must be unique, and one value "
+                        "would silently replace the other. Keep one of them.")
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -196,10 +236,106 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def parse_yaml(text: str, where: str) -> Any:
-    """Safe-load YAML; a syntax error or a Python tag is a ConfigError with file:line:column."""
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: Any, where: str) -> None:
+    """Refuse a node tree whose aliases refer to themselves or expand to more than
+    MAX_YAML_VALUES values, before anything is built from it (each distinct node is counted
+    once; its expanded size is 1 + its children's, so this is linear in the file's size)."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = min(1 + sum(size[id(c)] for c in _children(node)), 2**62)
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            m = node.start_mark
+            raise ConfigError(f"{where}:{m.line + 1}:{m.column + 1}: this value contains "
+                              "itself through an alias (&a ... *a), which no config can hold; "
+                              "write the value out.")
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                m = child.start_mark
+                raise ConfigError(f"{where}:{m.line + 1}:{m.column + 1}: this value contains "
+                                  "itself through an alias (&a ... *a), which no config can "
+                                  "hold; write the value out.")
+            if id(child) not in size:
+                stack.append((child, False))
+    total = size[id(root)]
+    if total > MAX_YAML_VALUES:
+        raise ConfigError(f"{where}: its aliases (&name ... *name) expand to "
+                          f"{'more than 10**18' if total >= 2**62 else f'{total:,}'} values, "
+                          f"more than the {MAX_YAML_VALUES:,} a config or sweep file may hold "
+                          "(a \"billion laughs\" file); write the values out instead of "
+                          "nesting aliases.")
+
+
+def _yaml_marks(root: Any) -> dict[str, tuple[int, int, int, int]]:
+    """Key path ("optimizer.lr", "model.layers[0].units") -> (key line, key column, value
+    line, value column), 1-based, for every value of the node tree. A node reached again
+    through an alias keeps the place where it was first written."""
+    marks: dict[str, tuple[int, int, int, int]] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, Any, Any]] = [("", None, root)]
+    while stack:
+        path, key_node, node = stack.pop()
+        if path:
+            k = (key_node or node).start_mark
+            v = node.start_mark
+            marks.setdefault(path, (k.line + 1, k.column + 1, v.line + 1, v.column + 1))
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for kn, vn in node.value:
+                if isinstance(kn, yaml.ScalarNode) and kn.tag != "tag:yaml.org,2002:merge":
+                    stack.append((f"{path}.{kn.value}" if path else str(kn.value), kn, vn))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, vn in enumerate(node.value):
+                stack.append((f"{path}[{i}]", None, vn))
+    return marks
+
+
+_NOTHING = object()
+
+
+def parse_yaml(text: str, where: str, marks: dict | None = None) -> Any:
+    """Safe-load YAML; a syntax error or a Python tag is a ConfigError with file:line:column.
+
+    The text is composed into YAML's node tree first, and checked there: no larger than
+    MAX_YAML_BYTES, no alias that contains itself or expands beyond MAX_YAML_VALUES, no key
+    given twice. With `marks` (a dict), it is filled with each key path's place in the text
+    (see `_yaml_marks`), so that later errors can name file:line:column. An empty document is
+    returned as None."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: is {len(text):,} characters long, more than the "
+                          f"{MAX_YAML_BYTES:,} a config or sweep file may have; a config is a "
+                          "few sections of keys and values (data goes in data.path files).")
+    loader = None
     try:
-        return yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)  # reading starts here: a NUL byte is refused at once
+        loader.where = where
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        if marks is not None:
+            marks.update(_yaml_marks(node))
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         pos = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
@@ -211,11 +347,68 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{pos}: {problem}. {fix}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: invalid YAML ({e}).") from None
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError,
+            MemoryError) as e:
         # A well-formed scalar that a safe constructor still cannot build: !!int foo,
         # 2001-13-45, !!timestamp x, an integer of more than 4300 digits, ...
         raise ConfigError(f"{where}: a value cannot be read ({type(e).__name__}: "
                           f"{str(e)[:200]}). Write plain numbers, strings and lists.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+_KEY_PATH = re.compile(r"^([A-Za-z_][\w-]*(?:\[\d+\])*(?:\.[\w-]+(?:\[\d+\])*)*): ")
+
+
+def _parent_path(path: str) -> str:
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
+
+
+def locate(message: str, marks: dict | None, where: str | None,
+           overridden: typing.Iterable[str] = ()) -> str:
+    """A message that starts with a key path ("optimizer.lr: ...") prefixed with the place in
+    the config file that path was written ("configs/x.yaml:12:7: optimizer.lr: ..."), or with
+    the file alone when the key is not in it (a default). Paths set by an override are the
+    command line's, not the file's, and are left as they are."""
+    m = _KEY_PATH.match(message)
+    if not m or not where or marks is None or message.startswith(f"{where}:"):
+        return message
+    path = m.group(1)
+    for o in overridden:
+        if path == o or path.startswith((o + ".", o + "[")):
+            return message
+    unknown = message[m.end():].startswith("unknown key")
+    p = path
+    while p:
+        if p in marks:
+            kl, kc, vl, vc = marks[p]
+            line, col = (kl, kc) if unknown or p != path else (vl, vc)
+            return f"{where}:{line}:{col}: {message}"
+        p = _parent_path(p)
+    return f"{where}: {message}"
+
+
+class located:
+    """`with located(cfg): ...` re-raises a ConfigError about a key of `cfg` (say from
+    building its network) with the place in its config file, as load_config does."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def __enter__(self) -> "located":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, ConfigError) and self.cfg is not None:
+            info = getattr(self.cfg, "_yaml_marks", None)
+            if info is not None:
+                marks, overridden = info
+                text = locate(str(exc), marks, self.cfg.source_path, overridden)
+                if text != str(exc):
+                    raise ConfigError(text) from None
+        return False
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -310,6 +503,8 @@ def _build(cls: type, data: Any, path: str, ctx: dict | None = None) -> Any:
         raise ConfigError(f"{label}: expected a mapping of keys to values, got {_show(data)}.")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls) if f.name != "source_path"]
+    written = {f.name: alias for f in fields(cls) for alias in f.metadata.get("aliases", ())
+               if alias in data and f.name not in data}  # named as the user wrote them
     data = _resolve_aliases(cls, data, path)
     _reject_unknown(data, known, path)
     values = {}
@@ -318,7 +513,8 @@ def _build(cls: type, data: Any, path: str, ctx: dict | None = None) -> Any:
             if f.default is MISSING and f.default_factory is MISSING:
                 raise ConfigError(f"{path}: the key '{f.name}' is required.")
             continue
-        where = f"{path}.{f.name}" if path else f.name
+        name = written.get(f.name, f.name)
+        where = f"{path}.{name}" if path else name
         values[f.name] = _check_value(data[f.name], hints[f.name], dict(f.metadata), where, ctx)
     return cls(**values)
 
@@ -474,6 +670,11 @@ def _check_combinations(cfg: Config) -> None:
             or ".." in re.split(r"[/\\]", name) or name.strip() == "."):
         raise ConfigError(f"name: {_show(name)} cannot name a run folder (runs go to "
                           "runs/<name>/); use letters, digits, '-' and '_', e.g. name: mlp.")
+    longest = max((len(part.encode("utf-8")) for part in re.split(r"[/\\]", name)), default=0)
+    if longest > 200:
+        raise ConfigError(f"name: {longest} bytes is too long for a folder name (file systems "
+                          "allow 255, and a taken name gets -2, -3, ...); keep it under 200, "
+                          "e.g. name: mlp.")
     if cfg.data.source in ("npz", "csv", "cifar10", "mnist") and not cfg.data.path:
         raise ConfigError(f"data.path: the '{cfg.data.source}' source reads a file or folder; "
                           f"set data.path (e.g. --set data.path=my_data.{cfg.data.source}).")
@@ -492,6 +693,15 @@ def _check_combinations(cfg: Config) -> None:
     if cfg.loss.type == "svm" and cfg.data.source == "regression":
         raise ConfigError("loss.type: the SVM loss needs class labels, and the 'regression' "
                           "source has real-valued targets; use loss.type=mse.")
+    sched = cfg.schedule
+    if sched.per_step and sched.type in ("step", "exponential", "plateau"):
+        raise ConfigError(f"schedule.per_step: applies to cosine and the warm-up; the "
+                          f"'{sched.type}' schedule changes the rate per "
+                          f"{'evaluation' if sched.type == 'plateau' else 'epoch'}. Drop "
+                          "per_step or use schedule.type=cosine.")
+    if sched.type == "plateau" and sched.gamma >= 1.0:
+        raise ConfigError("schedule.gamma: the plateau schedule multiplies the rate by gamma "
+                          "when the loss stops improving, so it must be less than 1 (e.g. 0.5).")
 
 
 # ---- public -------------------------------------------------------------------------------
@@ -542,8 +752,10 @@ def _other_spellings(parts: typing.Sequence[str]) -> tuple[str, ...]:
 
 
 def config_from_dict(data: Any, overrides: typing.Sequence[str] = (),
-                     source: str | None = None) -> Config:
-    """Validate a raw mapping (after overrides) into a Config."""
+                     source: str | None = None, marks: dict | None = None) -> Config:
+    """Validate a raw mapping (after overrides) into a Config. `marks` (from `parse_yaml`)
+    places each key in the file `source`: an error about a key written there starts with
+    file:line:column."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -552,9 +764,18 @@ def config_from_dict(data: Any, overrides: typing.Sequence[str] = (),
     data = _deep_copy(data)
     for o in overrides:
         apply_override(data, o)
-    cfg = _build(Config, data, "", {"base_dir": Path(source).parent if source else None})
-    cfg.source_path = source
-    _check_combinations(cfg)
+    overridden = [o.split("=", 1)[0].strip() for o in overrides]
+    try:
+        cfg = _build(Config, data, "", {"base_dir": Path(source).parent if source else None})
+        cfg.source_path = source
+        _check_combinations(cfg)
+    except ConfigError as e:
+        text = locate(str(e), marks, source, overridden)
+        if text == str(e):
+            raise
+        raise ConfigError(text) from None
+    if marks is not None:
+        cfg.__dict__["_yaml_marks"] = (marks, overridden)  # for `located` (not a config key)
     # Resolve per-type defaults so the saved config says exactly what ran.
     opt = cfg.optimizer
     if opt.momentum is None:
@@ -572,21 +793,36 @@ def load_config(path: str | Path | dict | Config,
     if isinstance(path, dict):
         return config_from_dict(path, overrides)
     p = Path(path)
-    return config_from_dict(read_yaml_file(p, "config", "configs/mlp.yaml"), overrides, str(p))
+    marks: dict = {}
+    data = read_yaml_file(p, "config", "configs/mlp.yaml", marks)
+    return config_from_dict(data, overrides, str(p), marks)
 
 
-def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
-    """Safe-load a YAML file; a missing or unreadable one is a ConfigError saying which."""
+def read_yaml_file(path: str | Path, what: str, example: str, marks: dict | None = None) -> Any:
+    """Safe-load a YAML file; a missing, unreadable, oversized or empty one is a ConfigError
+    saying which. `marks`, if given, is filled as by `parse_yaml`."""
     p = Path(path)
     if not p.is_file():
         hint = " (it is a directory)" if p.is_dir() else ""
         raise ConfigError(f"{p}: {what} file not found{hint}. Give the path to a {what} YAML "
                           f"file, e.g. {example}.")
     try:
-        text = p.read_text(encoding="utf-8")
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:  # refused before a byte of it is read or parsed
+            raise ConfigError(f"{p}: the {what} file is {size:,} bytes, more than the "
+                              f"{MAX_YAML_BYTES:,} a {what} file may have; a {what} is a few "
+                              "keys and values (data belongs in data.path files).")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read the {what} file ({e}).") from None
-    return parse_yaml(text, str(p))
+        raise ConfigError(f"{p}: cannot read the {what} file ({e}); save it as UTF-8 "
+                          "text.") from None
+    data = parse_yaml(text, str(p), marks)
+    if data is None:
+        raise ConfigError(f"{p}: the {what} file is empty (or only comments, or null); write "
+                          f"its keys, or `{{}}` to mean \"all defaults\".")
+    return data
 
 
 def dump_config(cfg: Config) -> str:

@@ -19,6 +19,7 @@ import csv
 import gzip
 import importlib.resources
 import math
+import os
 import pickle
 import zipfile
 import zlib
@@ -242,19 +243,41 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
 
 # --- standardization ------------------------------------------------------------------------
 
-def feature_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+MAX_MAGNITUDE = 1e150   # |values| beyond this overflow float64 once squared and summed
+
+
+def _check_stats(X: np.ndarray, mean: np.ndarray, std: np.ndarray, name: str,
+                 columns: Any = None) -> None:
+    """Statistics that overflowed (features of 1e200, 1e308) are a DataError naming the
+    column, computed under np.errstate so no RuntimeWarning is printed on the way."""
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        j = int(np.argmax(bad))
+        col = j if columns is None else columns(j)
+        with np.errstate(all="ignore"):
+            top = float(np.max(np.abs(X[:, j]))) if X.ndim == 2 else float("inf")
+        raise DataError(f"{name}: feature column {col} (counting from 0) holds values up to "
+                        f"{top:.3g}, too large to standardize: its variance overflows float64. "
+                        "Rescale that column (e.g. divide it by a power of 10 or take its "
+                        "logarithm), or drop it.")
+
+
+def feature_stats(X: np.ndarray, name: str = "the data") -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std (D,) of X (N, D), with std 1 for constant features.
 
     A constant column (digits' blank corner pixels) has std 0; using 1 there avoids a division
     by zero and leaves the column at exactly 0. Its mean is taken as the value itself, because a
     float mean of N equal numbers can be off by an ulp and would leave 1e-16 noise behind.
+    Statistics that overflow float64 are a DataError naming the column.
     """
     X = np.asarray(X, dtype=np.float64)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    constant = np.ptp(X, axis=0) == 0
+    with np.errstate(all="ignore"):
+        mean = X.mean(axis=0)
+        std = X.std(axis=0)
+        constant = np.ptp(X, axis=0) == 0
     mean[constant] = X[0, constant]
     std[constant] = 1.0
+    _check_stats(X, mean, std, name)
     return mean, std
 
 
@@ -263,16 +286,30 @@ def channel_stats(X: np.ndarray, image_shape: tuple[int, ...]) -> tuple[np.ndarr
     the result applies to flat rows like `feature_stats`'s (D,) arrays."""
     C = image_shape[0]
     images = np.asarray(X, dtype=np.float64).reshape(len(X), C, -1)
-    mean = images.mean(axis=(0, 2))
-    std = images.std(axis=(0, 2))
+    with np.errstate(all="ignore"):
+        mean = images.mean(axis=(0, 2))
+        std = images.std(axis=(0, 2))
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        c = int(np.argmax(~(np.isfinite(mean) & np.isfinite(std))))
+        raise DataError(f"the data: channel {c} holds values too large to standardize (its "
+                        "variance overflows float64); rescale the images (e.g. pixels / 255).")
     std = np.where(std > 0, std, 1.0)
     per_pixel = int(np.prod(image_shape[1:]))
     return np.repeat(mean, per_pixel), np.repeat(std, per_pixel)
 
 
 def apply_standardization(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(X - mean) / std for X (N, D) and the (D,) statistics of `feature_stats`; float64."""
-    return (np.asarray(X, dtype=np.float64) - mean) / std
+    """(X - mean) / std for X (N, D) and the (D,) statistics of `feature_stats`; float64.
+    A result that overflows (new data far outside the training range) is a DataError naming
+    the column, not inf values and a RuntimeWarning."""
+    with np.errstate(all="ignore"):
+        out = (np.asarray(X, dtype=np.float64) - mean) / std
+    if out.size and not np.isfinite(out).all():
+        j = int(np.argmax(~np.isfinite(out).all(axis=0)))
+        raise DataError(f"the data: feature column {j} (counting from 0) overflows float64 when "
+                        "standardized (values far beyond the training statistics); rescale "
+                        "that column.")
+    return out
 
 
 # --- npz ------------------------------------------------------------------------------------
@@ -304,6 +341,7 @@ def load_npz_safely(path: str | Path) -> dict[str, np.ndarray]:
     with loaded:
         key = None
         try:
+            _check_npz_sizes(path, loaded)  # from the headers, before any array is read
             arrays = {}
             for key in loaded.files:
                 arrays[key] = loaded[key]
@@ -319,6 +357,31 @@ def load_npz_safely(path: str | Path) -> dict[str, np.ndarray]:
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise DataError(f"{path}: array {key!r} cannot be read ({type(e).__name__}: {e}); "
                             "the file is truncated or corrupt. Re-save it with np.savez.") from None
+
+
+def _check_npz_sizes(path: Path, loaded: Any) -> None:
+    """Read each member's .npy header (shape and dtype) and refuse an archive whose arrays
+    would not fit in memory, before decompressing any: a small compressed file can declare
+    gigabytes of zeros."""
+    from bptrain.net import budget
+    total, largest = 0, ("", 0)
+    for member in loaded.zip.namelist():
+        try:
+            with loaded.zip.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        except Exception:  # not an .npy member, or an unreadable header: np.load says so
+            continue
+        nbytes = math.prod(int(s) for s in shape) * max(dtype.itemsize, 1)
+        total += nbytes
+        if nbytes > largest[1]:
+            largest = (member.removesuffix(".npy"), nbytes)
+    budget.check(2 * total, f"{path}: its arrays (the largest, {largest[0]!r}, is "
+                 f"{budget.human(largest[1])} as declared in the file)",
+                 "use a smaller file, or a machine with more memory", DataError)
 
 
 def _load_npz_dataset(path: Path) -> tuple:
@@ -361,6 +424,7 @@ def _make_spiral(rng: np.random.Generator, n_samples: int | None, n_classes: int
     """
     k = _count(n_classes, 3, "n_classes", 2)
     n = _count(n_samples, 100 * k, "n_samples", k)
+    _fits("spiral", n, 2 + 6, k)
     noise = 0.2 if noise is None else _nonneg(noise, "noise")
     y = np.arange(n) * k // n                      # sorted, balanced class ids
     per_class = np.bincount(y, minlength=k)
@@ -377,6 +441,7 @@ def _make_blobs(rng: np.random.Generator, n_samples: int | None, n_features: int
     k = _count(n_classes, 3, "n_classes", 2)
     n = _count(n_samples, 300, "n_samples", k)
     d = _count(n_features, 2, "n_features", 1)
+    _fits("blobs", n, d, k)
     std = 1.0 if noise is None else _nonneg(noise, "noise")
     centers = rng.uniform(-10.0, 10.0, size=(k, d))
     y = np.arange(n) % k
@@ -391,6 +456,7 @@ def _make_xor(rng: np.random.Generator, n_samples: int | None,
     cross into the other class: label noise that no model can fit.
     """
     n = _count(n_samples, 400, "n_samples", 2)
+    _fits("xor", n, 2)
     X = rng.uniform(-1.0, 1.0, size=(n, 2))
     y = ((X[:, 0] > 0) != (X[:, 1] > 0)).astype(np.int64)
     if noise:
@@ -404,7 +470,19 @@ def _make_regression(rng: np.random.Generator, n_samples: int | None, n_features
     n = _count(n_samples, 64, "n_samples", 1)
     d = _count(n_features, 1000, "n_features", 1)
     k = _count(n_outputs, 10, "n_outputs", 1)
+    _fits("regression", n, d + k)
     return rng.standard_normal((n, d)), rng.standard_normal((n, k))
+
+
+def _fits(source: str, rows: int, columns: int, classes: int = 0) -> None:
+    """Refuse synthetic data that cannot fit in memory before generating any of it."""
+    from bptrain.net import budget
+    if classes > MAX_CLASSES:
+        raise DataError(f"data.n_classes is {classes}; bptrain handles at most "
+                        f"{MAX_CLASSES:,} classes.")
+    budget.check_data(rows, columns + classes // max(rows, 1) + 1,
+                      f"the '{source}' data ({rows:,} samples x {columns:,} numbers)",
+                      "lower data.n_samples, data.n_features or data.n_classes")
 
 
 def _count(value: Any, default: int, key: str, minimum: int) -> int:
@@ -431,6 +509,15 @@ def _load_csv(path: Path, label: str | int | None, classes: Any = None
     Labels are class ids 0..C-1, or names (an iris-style `species` column: any label cell that
     is not a number makes them all names), mapped to 0..C-1 in sorted order, or onto `classes`
     (a trained run's names) when given. Returns X, y and {"features", "label", "classes"}."""
+    from bptrain.net import budget
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    # Parsed into Python lists of strings first: about 16 bytes of memory per byte of text.
+    budget.check(16 * size, f"{path}: reading this {budget.human(size)} CSV",
+                 "use a smaller file, or save the arrays with np.savez and use source: npz",
+                 DataError)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -663,9 +750,14 @@ def _find_idx(folder: Path, stem: str, kind: str) -> Path:
 def _read_idx(file: Path) -> np.ndarray:
     """One IDX file: magic 00 00 <type> <ndim>, ndim big-endian uint32 sizes, then the data."""
     try:
+        from bptrain.net import budget
+        limit = budget.available_bytes() // 2
         opener = gzip.open if file.suffix == ".gz" else open
         with opener(file, "rb") as f:
-            raw = f.read()
+            raw = f.read(limit + 1)  # a gzip bomb stops here, not at the machine's memory
+        if len(raw) > limit:
+            raise DataError(f"{file}: holds more than {budget.human(limit)} of data, more than "
+                            "this machine can load; use a smaller file.")
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{file}: cannot be read ({type(e).__name__}: {e}); if it is gzipped it "
                         "may be truncated, so download it again.") from None
@@ -710,6 +802,10 @@ def _resolve(source: str, path: str, base_dir: str | Path | None) -> Path:
         where = "" if Path(path).expanduser().is_absolute() else \
             f" ({path!r} resolved against {base_dir or 'the current directory'})"
         raise DataError(f"{p}: no such {kind}{where} for the '{source}' source; check data.path.")
+    if source in ("npz", "csv") and not p.is_file() and not p.is_dir():
+        # a device (/dev/zero), a pipe or a socket: reading it may never end
+        raise DataError(f"{p}: is not a regular file (a device, pipe or socket); the "
+                        f"'{source}' source reads a file saved on disk.")
     return p
 
 
@@ -738,7 +834,26 @@ def _check_arrays(X: Any, y: Any, name: str, xname: str, yname: str,
     X = X.astype(np.float64, copy=False)
     _check_finite(X, name, xname)
     _check_finite(y, name, yname)
+    _check_scale(X, name, xname)
+    if y.ndim == 2:
+        _check_scale(y, name, yname)
     return X, y
+
+
+def _check_scale(a: np.ndarray, name: str, an: str) -> None:
+    """Values so large that squaring and summing them overflows float64 (|v| > 1e150) break
+    standardization and every loss: a DataError naming the column, before anything trains."""
+    if a.dtype.kind != "f" or not a.size:
+        return
+    with np.errstate(all="ignore"):
+        top = np.max(np.abs(a), axis=0)
+    if (top > MAX_MAGNITUDE).any():
+        j = int(np.argmax(top > MAX_MAGNITUDE))
+        i = int(np.argmax(np.abs(a[:, j]) > MAX_MAGNITUDE))
+        raise DataError(f"{name}: {an} column {j} (counting from 0) holds {a[i, j].item():.3g} "
+                        f"(row {i}), beyond the {MAX_MAGNITUDE:.0e} that float64 arithmetic can "
+                        "square and sum (standardizing or training on it overflows). Rescale "
+                        "that column (divide it by a power of 10, or take its logarithm).")
 
 
 def _check_finite(a: np.ndarray, name: str, an: str) -> None:
@@ -758,6 +873,9 @@ def _check_finite(a: np.ndarray, name: str, an: str) -> None:
                     "from 0); remove or fill those samples before training.")
 
 
+MAX_CLASSES = 1_000_000   # class ids beyond this are data errors, not a network to build
+
+
 def _labels_to_classes(y: np.ndarray, y_val: np.ndarray | None, name: str,
                        n_classes: int | None) -> int | None:
     """The class count for 1-D labels (checking they are integers 0..C-1), None for 2-D targets."""
@@ -767,7 +885,19 @@ def _labels_to_classes(y: np.ndarray, y_val: np.ndarray | None, name: str,
                             "is set; remove it, or give y as (N,) integer class labels.")
         return None
     parts = [("y", y)] + ([("y_val", y_val)] if y_val is not None and len(y_val) else [])
+    if n_classes is not None and n_classes > MAX_CLASSES:
+        raise DataError(f"data.n_classes is {n_classes}; bptrain handles at most "
+                        f"{MAX_CLASSES:,} classes (the output layer has one unit per class).")
     for an, labels in parts:
+        if labels.max() >= MAX_CLASSES:  # before any conversion: 2**64-1 or 1e300 as a label
+            i = int(np.argmax(labels))
+            v = labels[i].item()  # 18446744073709551615 as it is; 1e+300 in short
+            shown = str(v) if isinstance(v, int) else f"{v:.6g}"
+            raise DataError(f"{name}: {an} has class label {shown} (row {i}); "
+                            f"1-D y is class labels 0..C-1, and bptrain handles at most "
+                            f"{MAX_CLASSES:,} classes. Remap the labels (np.unique(y, "
+                            f"return_inverse=True)[1]), or give real-valued targets as (N, K), "
+                            f"e.g. {an}.reshape(-1, 1).")
         if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
             i = int(np.argmax(labels != np.round(labels)))
             raise DataError(f"{name}: {an} is 1-D but holds non-integer values (first at row {i}: "
@@ -829,28 +959,28 @@ def _split_test(X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int,
     return X[rest], y[rest], X[test], y[test]
 
 
+def data_path(cfg: Any, default_base: str | Path | None = None) -> str | None:
+    """The one rule that resolves `data.path`: `~` expanded, a relative path taken from the
+    config file's folder (for a dict config, `default_base` or the current folder); returned
+    absolute, as a run's config.yaml records it (eval and --resume read it from elsewhere)."""
+    if cfg.data.path is None:
+        return None
+    p = Path(cfg.data.path).expanduser()
+    if not p.is_absolute():
+        base = (Path(cfg.source_path).parent if cfg.source_path else
+                Path(default_base) if default_base is not None else Path.cwd())
+        p = base / p
+    return os.path.abspath(p)
+
+
 def load_data(cfg: Any) -> Dataset:
-    """The dataset a config names. The one place that resolves `data.path`: a relative path
-    is taken from the config file's folder (the current folder for a dict config)."""
+    """The dataset a config names, its `data.path` resolved by `data_path`."""
     d = cfg.data
     base = Path(cfg.source_path).parent if cfg.source_path else None
     return load_dataset(d.source, path=d.path, label=d.label, val_fraction=d.val_fraction,
                         standardize=d.standardize, seed=cfg.seed, n_samples=d.n_samples,
                         n_features=d.n_features, n_classes=d.n_classes,
                         n_outputs=d.n_outputs, noise=d.noise, base_dir=base,
-                        shape=d.shape, per_channel=takes_images(cfg),
+                        shape=d.shape, per_channel=cfg.takes_images(),
                         test_fraction=getattr(d, "test_fraction", 0.0))
 
-
-def takes_images(cfg: Any) -> bool:
-    """True when the config's network has a layer that reads images (C, H, W): a
-    convolution, a pooling, a spatial normalization (their gate classes say so)."""
-    from bptrain.engine.gate import LAYER_KINDS, registry
-
-    def walk(layers: list) -> bool:
-        for layer in layers:
-            cls = registry.find(layer["type"], LAYER_KINDS)
-            if (cls is not None and cls.input_rank == 3) or walk(layer.get("layers", [])):
-                return True
-        return False
-    return cfg.model.layers is not None and walk(cfg.model.layers)

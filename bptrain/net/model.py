@@ -24,7 +24,8 @@ from bptrain.engine import gates as G
 from bptrain.engine.gate import LAYER_KINDS, Gate, registry
 from bptrain.engine.graph import Graph, Node
 from bptrain.errors import ConfigError
-from bptrain.net.config import Config, load_config
+from bptrain.net import budget
+from bptrain.net.config import Config, load_config, located
 from bptrain.net.usercode import load_gate_class
 
 Shape = tuple[int, ...]
@@ -306,8 +307,10 @@ class Model:
         self.weights: list[Node] = []
         self.buffers: dict[str, tuple[Gate, str]] = {}
         self.user_code: list[str] = []
+        plan = layer_plan(cfg)
+        budget.check_network(plan, self.input_shape, output_dim, cfg)  # before any allocation
         builder = _Builder(self, cfg, rng)
-        h, _ = builder.chain(layer_plan(cfg), self.X, self.input_shape, "model.layers",
+        h, _ = builder.chain(plan, self.X, self.input_shape, "model.layers",
                              output_dim=output_dim)
         self.scores_node = h
         settings = {k: getattr(cfg.loss, k) for k in loss_cls.settings}
@@ -419,18 +422,19 @@ def check_data_fits(cfg: Config, data: Any) -> None:
 
 
 def build_for_data(cfg: Config, data: Any) -> Model:
-    """The config's network for a loaded Dataset: its input shape, classes or outputs."""
-    check_data_fits(cfg, data)
-    shape = input_shape(cfg, data)
-    return build_model(cfg, shape if len(shape) > 1 else shape[0], data.output_dim,
-                       data.num_classes)
+    """The config's network for a loaded Dataset: its input shape, classes or outputs. The
+    network's memory is estimated first (Model checks it before allocating a weight)."""
+    with located(cfg):  # a config error names its place in the config file (file:line:col)
+        check_data_fits(cfg, data)
+        shape = input_shape(cfg, data)
+        return build_model(cfg, shape if len(shape) > 1 else shape[0], data.output_dim,
+                           data.num_classes)
 
 
 def input_shape(cfg: Config, data: Any) -> Shape:
     """What one sample looks like to the network: (C, H, W) for a network with image layers
     (the dataset's image shape), else (D,)."""
-    from bptrain.net.data import takes_images
-    if takes_images(cfg):
+    if cfg.takes_images():
         if data.image_shape is None:
             raise ConfigError(f"model.layers: the network has image layers (conv, pooling), but "
                               f"{data.name} has flat rows of {data.input_dim} features and no "

@@ -108,6 +108,7 @@ class Diagnostics:
         # checkpoint is restored, so these are right after a resume too).
         self.init_norms = {l.name: _norm(l.W.value) for l in self.layers}
         self._before: dict[str, np.ndarray] = {}
+        self.first_loss: float | None = None  # the loss of the run's first step (the Trainer's)
         self._grad: dict[str, float] = {}
         self._update: dict[str, float | None] = {}
 
@@ -191,7 +192,8 @@ class Diagnostics:
                  history: list[dict[str, Any]]) -> None:
         """Put `diagnostics` and this evaluation's `warnings` into the record."""
         rec["diagnostics"] = diag
-        rec["warnings"] = find_warnings(diag, self.init_norms, history, rec.get("train_loss"))
+        rec["warnings"] = find_warnings(diag, self.init_norms, history, rec.get("train_loss"),
+                                        start_loss=self.first_loss)
 
 
 def _identical(W: np.ndarray, b: np.ndarray | None) -> bool:
@@ -262,10 +264,12 @@ def _e(x: float) -> str:
 
 def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
                   history: list[dict[str, Any]],
-                  train_loss: float | None = None) -> list[dict[str, str]]:
+                  train_loss: float | None = None,
+                  start_loss: float | None = None) -> list[dict[str, str]]:
     """The failure patterns visible in one evaluation's diagnostics, one entry per layer.
     `history` is the earlier evaluations (weights at the first one, progress of the loss);
-    `train_loss` is this evaluation's."""
+    `train_loss` is this evaluation's; `start_loss` the loss of the run's first step (so the
+    first evaluation knows how far the loss has already fallen)."""
     out: list[dict[str, str]] = []
     names = list(diag)
     explained: set[str] = set()   # layers whose small gradients have a known cause
@@ -328,9 +332,12 @@ def find_warnings(diag: dict[str, dict[str, Any]], init_norms: dict[str, float],
             out.append(_warn("exploding", name, what + (f"; gradient norm {_e(g)}"
                                                         if g is not None else "")))
     # Update-to-weight ratios far from 1e-3. A small ratio once the loss has fallen (to under
-    # half of the first evaluation's) is convergence, not a too-low rate.
-    stalled = (not history or train_loss is None or not history[0].get("train_loss")
-               or train_loss > 0.5 * history[0]["train_loss"])
+    # half of where it started: the first step's loss, or the first evaluation's if higher)
+    # is convergence, not a too-low rate; also at the first evaluation (a loss that fell from
+    # 2.9e7 to 2e-6 before anyone looked has converged).
+    starts = [x for x in (start_loss, history[0].get("train_loss") if history else None)
+              if isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
+    stalled = (train_loss is None or not starts or train_loss > 0.5 * max(starts))
     for name, d in diag.items():
         r = d.get("update_ratio")
         if r is None:

@@ -290,7 +290,7 @@ def run_sanity(cfg: Config | dict | str, samples: int = SUBSET,
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
     data = load_data(cfg)
-    build_for_data(cfg, data)  # impossible combinations fail here, as in bptrain run
+    build_for_data(cfg, data)  # impossible combinations (and sizes) fail here, as in bptrain run
     first, expected = check_initial_loss(cfg, data)
     return [first, check_init_loss(cfg, data, expected), check_regularization(cfg, data),
             check_overfit(cfg, data, samples, max_steps)]

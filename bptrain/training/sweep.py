@@ -11,6 +11,12 @@ A sweep file (YAML) names a base config and the axes to vary:
     trials: 20                         # random only
     metric: best.val_acc               # default; goal follows (maximize accuracies)
     seed: 0                            # drives random sampling only
+    max_trials: 10000                  # default; a sweep of more trials is refused at once
+
+The trials are counted before any is made (the product of the grid's axis sizes, or
+`trials`): more than `max_trials` is a ConfigError naming the count, and so is a trial list
+that memory could not hold even below it. Random-search bounds must be finite floats or
+integers within 64 bits, and a uniform range must not overflow a float.
 
 Every trial is a normal run (`bptrain.training.trainer.train`) in runs/<sweep>/<trial-id>/ with its own
 resolved config.yaml, so `bptrain run runs/<sweep>/<trial-id>/config.yaml` repeats it alone.
@@ -35,12 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from bptrain.formatting import format_value
+from bptrain.net.data import data_path
 from bptrain.net.config import (Config, _suggest, config_from_dict, dump_config, load_config,
                             read_yaml_file)
 from bptrain.errors import (BptrainError, ConfigError, DivergenceError, EXIT_FAILED,
                             EXIT_INTERRUPTED)
 
-SWEEP_KEYS = ("name", "base", "axes", "method", "trials", "metric", "goal", "seed")
+SWEEP_KEYS = ("name", "base", "axes", "method", "trials", "metric", "goal", "seed",
+              "max_trials")
+# A sweep's trials are counted (the product of the grid's axis sizes, or `trials`) before any
+# is made, and more than this many are refused at once unless the file raises `max_trials`.
+MAX_TRIALS = 10_000
+TRIAL_BYTES = 32 * 1024    # memory per planned trial (its config, id, settings), about
 METHODS = ("grid", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 METRIC_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -48,8 +60,8 @@ METRICS = tuple(f"{w}.{k}" for w in ("best", "final") for k in METRIC_KEYS)
 GOALS = ("maximize", "minimize")
 ALIASES = {"learning_rate": "lr", "hidden_size": "hidden", "hidden_sizes": "hidden",
            "hidden_units": "hidden", "reg": "strength", "lambda": "strength"}  # other trainers' words
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.npz", "best.npz", "model.npz",
-             "summary.json")
+RUN_FILES = ("config.yaml", "data.json", "metrics.jsonl", "checkpoint.npz", "best.npz",
+             "model.npz", "summary.json")
 # BLAS threads per trial: 1. Measured with configs/sweep-digits.yaml on 2 cores: with one
 # worker, 1 or 2 BLAS threads take the same time on an idle machine (the matrices are small) and
 # 2 threads are 3x slower when other jobs use the cores; with two workers, 2 threads each are 4x
@@ -96,6 +108,7 @@ class Sweep:
     goal: str = "maximize"
     seed: int = 0
     path: Path | None = None   # the sweep file, if read from one
+    max_trials: int = MAX_TRIALS
 
     @property
     def folder(self) -> Path:
@@ -117,9 +130,22 @@ class Trial:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Read and strictly validate a sweep file."""
+    """Read and strictly validate a sweep file; an error about one of its keys names the
+    file:line:column where that key is written."""
+    from bptrain.net.config import locate
     p = Path(path)
-    return sweep_from_dict(read_yaml_file(p, "sweep", "configs/sweep-digits.yaml"), p)
+    marks: dict = {}
+    data = read_yaml_file(p, "sweep", "configs/sweep-digits.yaml", marks)
+    try:
+        return sweep_from_dict(data, p)
+    except ConfigError as e:
+        text = str(e)
+        head = f"{p}: "
+        if text.startswith(head):
+            placed = locate(text[len(head):], marks, str(p))
+            if placed != text[len(head):]:
+                raise ConfigError(placed) from None
+        raise
 
 
 def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
@@ -142,6 +168,11 @@ def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
     if method not in METHODS:
         raise ConfigError(f"{where}: method: choose grid or random, not {method!r}."
                           f"{_suggest(method, METHODS)}")
+    max_trials = data.get("max_trials", MAX_TRIALS)
+    if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials < 1:
+        raise ConfigError(f"{where}: max_trials: expected a positive integer (the most trials "
+                          f"the sweep may have; default {MAX_TRIALS:,}), got "
+                          f"{_show(max_trials)}.")
     axes = _check_axes(data.get("axes"), method, where)
     trials = data.get("trials")
     if method == "random":
@@ -149,9 +180,14 @@ def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
             raise ConfigError(f"{where}: trials: random search needs the number of trials to "
                               "draw, e.g. trials: 20.")
         if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-            raise ConfigError(f"{where}: trials: expected a positive integer, got {trials!r}.")
-    elif trials is not None:
-        n = math.prod(len(a.values) for a in axes)
+            raise ConfigError(f"{where}: trials: expected a positive integer, got "
+                              f"{_show(trials)}.")
+        count = trials
+    else:
+        count = math.prod(len(a.values) for a in axes)
+    _check_count(count, method, axes, max_trials, where)
+    if method == "grid" and trials is not None:
+        n = count
         raise ConfigError(f"{where}: trials: only random search draws a number of trials; a "
                           f"grid runs every combination ({n} here). Remove 'trials' or set "
                           "method: random.")
@@ -168,7 +204,29 @@ def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"{where}: seed: expected a non-negative integer, got {seed!r}.")
     return Sweep(name=name, base=base, axes=axes, method=method, trials=trials, metric=metric,
-                 goal=goal, seed=seed, path=p)
+                 goal=goal, seed=seed, path=p, max_trials=max_trials)
+
+
+def _count_text(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about 10**{len(str(n)) - 1}"
+
+
+def _check_count(count: int, method: str, axes: list[Axis], max_trials: int,
+                 where: str) -> None:
+    """Refuse a sweep of more trials than max_trials, or than memory can plan, from its count
+    alone: nothing is expanded before this."""
+    from bptrain.net.budget import check, human
+    if method == "grid":
+        sizes = " x ".join(str(len(a.values)) for a in axes)
+        what = f"axes: the grid has {_count_text(count)} trials ({sizes} values)"
+        fix = "fewer values per axis, fewer axes, or method: random with a number of trials"
+    else:
+        what = f"trials: {_count_text(count)} trials"
+        fix = "fewer trials"
+    if count > max_trials:
+        raise ConfigError(f"{where}: {what}, more than max_trials ({max_trials:,}); give "
+                          f"{fix}, or raise max_trials in the sweep file if you mean it.")
+    check(count * TRIAL_BYTES, f"{where}: {what}, whose list", fix)
 
 
 def _check_base(base: Any, where: str, path: Path | None) -> str | dict:
@@ -218,6 +276,8 @@ def _check_axis_key(key: Any, where: str) -> None:
             raise ConfigError(f"{where}: axes.{key}: '{prefix}' is a value, not a section; "
                               f"vary '{prefix}' itself.")
         known = [f.name for f in fields(cls) if f.name != "source_path"]
+        other = {a: f.name for f in fields(cls) for a in f.metadata.get("aliases", ())}
+        part = other.get(part, part)  # learning_rate is lr, as in a config file
         if part not in known:
             hint = (f" Did you mean '{ALIASES[part]}'?" if ALIASES.get(part) in known
                     else _suggest(part, known))
@@ -233,17 +293,49 @@ def _check_axis_key(key: Any, where: str) -> None:
 
 
 def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite float, or an integer that fits in 64 bits (what a random draw can produce)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return -2**63 <= x < 2**63
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def _show(value: Any) -> str:
+    from bptrain.net.config import _show as show
+    return show(value)
 
 
 def _check_plain(values: list, at: str) -> None:
     """Values become `key=value` overrides and JSON records: plain YAML values only."""
     for v in values:
+        if _too_big(v, 10_000):
+            raise ConfigError(f"{at}: a value holds more than 10,000 numbers, strings, lists "
+                              "and mappings (nested aliases?); an axis value is one setting, "
+                              "such as 0.1 or [64, 32].")
         try:
             json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{at}: {v!r} is not a plain value (a number, string, true/false, "
-                              "null, list or mapping); quote dates and similar.") from None
+        except (TypeError, ValueError, RecursionError):
+            raise ConfigError(f"{at}: {_show(v)} is not a plain value (a number, string, "
+                              "true/false, null, list or mapping); quote dates and "
+                              "similar.") from None
+
+
+def _too_big(value: Any, limit: int) -> bool:
+    """True when `value`, with shared parts counted each time they occur (as json.dumps
+    would write them), has more than `limit` items; stops counting at the limit."""
+    stack, n = [value], 0
+    while stack:
+        v = stack.pop()
+        n += 1
+        if n > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
 
 
 def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
@@ -281,10 +373,15 @@ def _check_axes(axes: Any, method: str, where: str) -> list[Axis]:
             out.append(Axis(key, "choice", values=list(arg)))
             continue
         if not (isinstance(arg, list) and len(arg) == 2 and all(_number(v) for v in arg)):
-            raise ConfigError(f"{at}: {kind}: expected [low, high], two numbers, got {arg!r}.")
+            raise ConfigError(f"{at}: {kind}: expected [low, high], two finite numbers "
+                              f"(integers within 64 bits), got {_show(arg)}.")
         lo, hi = arg
         if not lo < hi:
             raise ConfigError(f"{at}: {kind}: low must be less than high, got [{lo}, {hi}].")
+        if kind == "uniform" and not math.isfinite(float(hi) - float(lo)):
+            raise ConfigError(f"{at}: uniform: the range [{lo:g}, {hi:g}] is wider than a float "
+                              "can hold (its width overflows); narrow it, or use loguniform "
+                              "for ranges over many orders of magnitude.")
         if kind == "loguniform" and lo <= 0:
             raise ConfigError(f"{at}: loguniform: both bounds must be positive (it samples the "
                               f"logarithm), got [{lo}, {hi}]; use uniform for ranges with 0.")
@@ -317,7 +414,12 @@ def _round4(x: float, lo: float, hi: float) -> float:
 
 def expand(sweep: Sweep) -> list[dict[str, Any]]:
     """The trials' settings: grid = the product of the axes in file order (the first axis
-    varies slowest); random = `trials` draws, seeded by the sweep's seed."""
+    varies slowest); random = `trials` draws, seeded by the sweep's seed. Counted first:
+    more than the sweep's max_trials is a ConfigError, never a list in memory."""
+    count = (math.prod(len(a.values) for a in sweep.axes) if sweep.method == "grid"
+             else sweep.trials or 0)
+    _check_count(count, sweep.method, sweep.axes, sweep.max_trials,
+                 str(sweep.path) if sweep.path else "sweep")
     if sweep.method == "grid":
         keys = [a.key for a in sweep.axes]
         return [dict(zip(keys, combo)) for combo in
@@ -350,10 +452,15 @@ def plan(sweep: Sweep) -> list[Trial]:
     not allow makes only its trials invalid; if every trial is invalid, that is an error too."""
     settings = expand(sweep)
     trials = []
+    raw, marks, source = sweep.base, None, None
+    if isinstance(sweep.base, str):  # read and parsed once, not once per trial
+        marks = {}
+        raw = read_yaml_file(sweep.base, "config", "configs/mlp.yaml", marks)
+        source = sweep.base
     for i, s in enumerate(settings, 1):
         t = Trial(i, trial_id(i, len(settings), s), s)
         try:
-            cfg = load_config(sweep.base, t.overrides)
+            cfg = config_from_dict(raw, t.overrides, source, marks)
         except ConfigError as e:
             t.error = str(e)
         else:
@@ -375,10 +482,7 @@ def plan(sweep: Sweep) -> list[Trial]:
 def _absolute_data_path(cfg: Config, sweep: Sweep) -> None:
     """A relative data.path made absolute, so the trial's config.yaml works from its folder."""
     if cfg.data.path:
-        p = Path(cfg.data.path).expanduser()
-        if not p.is_absolute():
-            base = Path(cfg.source_path).parent if cfg.source_path else sweep.folder
-            cfg.data.path = os.path.abspath(base / p)
+        cfg.data.path = data_path(cfg, default_base=sweep.folder)
 
 
 # ---- one trial (both backends) ---------------------------------------------------------------
@@ -398,19 +502,10 @@ def _worker_init(stop_event: Any) -> None:
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The evaluations in a run's metrics.jsonl (a torn last line is dropped)."""
-    out = []
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+    """The evaluations in a run's metrics.jsonl, by rundir's one rule (the first line that is
+    not a complete record ends the log: a torn last line, a damaged file)."""
+    from bptrain.training.rundir import RunDir
+    return RunDir(run_dir).read_metrics()
 
 
 def metric_of(history: list[dict[str, Any]], metric: str, goal: str
@@ -427,6 +522,18 @@ def metric_of(history: list[dict[str, Any]], metric: str, goal: str
     pick = max if goal == "maximize" else min
     best = pick(recs, key=lambda r: r[key])
     return best[key], best.get("epoch")
+
+
+def test_fields(summary: dict[str, Any] | None, metric: str) -> dict[str, Any]:
+    """The test split's numbers for sweep.jsonl (reported, never ranked by): of the best
+    weights for a best.* metric, of the final weights for final.*."""
+    test = (summary or {}).get("test")
+    if not test:
+        return {}
+    which = metric.split(".")[0]
+    t = test.get(which) or test.get("final") or {}
+    return {"test_acc": t.get("accuracy"), "test_loss": t.get("loss"), "test_n": test.get("n"),
+            "test_weights": which if test.get(which) else "final"}
 
 
 def _summaries(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -476,7 +583,7 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
         return rec
     value, epoch = metric_of(result.history, job["metric"], job["goal"])
     rec.update(seconds=result.summary.get("seconds"), epoch=epoch, metric=value,
-               **_summaries(result.history))
+               **_summaries(result.history), **test_fields(result.summary, job["metric"]))
     if value is None:
         rec["reason"] = (f"the run logged no {job['metric'].split('.')[1]} (no validation "
                          "split, or targets without classes); choose another metric, e.g. "
@@ -534,9 +641,9 @@ def finished_record(trial: Trial, run_dir: Path, metric: str, goal: str
         return None
     if not _same_config(run_dir, trial.config):
         return None
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    from bptrain.training.rundir import RunDir
+    summary = RunDir(run_dir).read_summary()  # None when damaged: the trial is run again
+    if summary is None:
         return None
     history = read_history(run_dir)
     value, epoch = metric_of(history, metric, goal)
@@ -544,7 +651,7 @@ def finished_record(trial: Trial, run_dir: Path, metric: str, goal: str
         return None
     return {"trial": trial.id, "status": "done", "metric": value, "epoch": epoch,
             "seconds": summary.get("seconds"), "reason": None, "reused": True,
-            **_summaries(history)}
+            **_summaries(history), **test_fields(summary, metric)}
 
 
 def sort_key(goal: str):
@@ -696,6 +803,11 @@ def _write_best(sweep: Sweep, trial: Trial, rec: dict[str, Any], sweep_dir: Path
             f"# {sweep.metric} = {rec['metric']} (epoch {rec['epoch']}; goal: {sweep.goal}); "
             f"its run: {sweep_dir / trial.id}/\n"
             f"# train it again: bptrain run {sweep_dir / 'best.yaml'}\n")
+    if rec.get("test_loss") is not None:  # reported, not used to choose
+        head += (f"# test split ({rec.get('test_n')} samples, {rec.get('test_weights')} "
+                 f"weights; not used to choose): loss {rec['test_loss']}"
+                 + (f", accuracy {rec['test_acc']}" if rec.get("test_acc") is not None else "")
+                 + "\n")
     from bptrain.training.rundir import atomic_write_bytes
     atomic_write_bytes(sweep_dir / "best.yaml",
                        lambda f: f.write((head + dump_config(trial.config)).encode()))

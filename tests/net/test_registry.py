@@ -2,6 +2,8 @@
 layer type in a YAML dict; a user's gate file is a `{type: gate, class: ...}` layer."""
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 from pathlib import Path
@@ -152,5 +154,7 @@ def test_bad_user_gate_is_a_one_paragraph_error(tmp_path, spec, words):
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     message = " ".join(out.stderr.split())
-    assert message.startswith("error: model.layers[1].class") and words in message
+    # the place in the file first (issue 17: file:line:column), then the key path
+    assert re.match(r"error: net\.yaml:\d+:\d+: model\.layers\[1\]\.class", message), message
+    assert words in message
     assert not (tmp_path / "runs").exists()  # nothing was written

@@ -193,7 +193,7 @@ class _Unary(Gate):
 
 class Abs(_Unary):
     """z = |x|. Local gradient sign(x) (0 at 0); kinked at 0."""
-    name, kind, kinked = "abs", "function", True
+    name, kind, pattern, kinked = "abs", "function", "sign flipper", True
 
     def forward(self, x):
         self.sign = np.sign(x)
@@ -208,7 +208,7 @@ class Abs(_Unary):
 
 class Exp(_Unary):
     """z = e^x. Local gradient e^x, the output itself."""
-    name, kind = "exp", "function"
+    name, kind, pattern = "exp", "function", "scaler"
 
     def forward(self, x):
         self.out = np.exp(x)
@@ -220,7 +220,7 @@ class Exp(_Unary):
 
 class Log(_Unary):
     """z = ln x. Local gradient 1/x."""
-    name, kind, positive_inputs = "log", "function", True
+    name, kind, pattern, positive_inputs = "log", "function", "scaler", True
 
     def forward(self, x):
         self.x = x
@@ -233,7 +233,7 @@ class Log(_Unary):
 class Sum(Gate):
     """z = sum of x over `axis` (all axes when None). Every entry's local gradient is 1, so
     the upstream is copied back over the summed axes (distributor)."""
-    name, kind, pattern = "sum", "operator", "distributor"
+    name, kind, pattern = "sum", "function", "distributor"
 
     def __init__(self, axis: int | tuple[int, ...] | None = None):
         self.axis = axis
