@@ -704,6 +704,72 @@ def _check_combinations(cfg: Config) -> None:
                           "when the loss stops improving, so it must be less than 1 (e.g. 0.5).")
 
 
+# ---- keys ---------------------------------------------------------------------------------
+# Other trainers' words for bptrain's keys: only hints in a "did you mean".
+OTHER_WORDS = {"learning_rate": "lr", "hidden_size": "hidden", "hidden_sizes": "hidden",
+               "hidden_units": "hidden", "reg": "strength", "lambda": "strength"}
+
+
+def _section_keys(cls: type) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """(keys, alias -> key, key -> sub-section class or None) of one config section."""
+    if cls is LossConfig:
+        keys = ["type"] + sorted({k for c in registry.classes(("loss",)) for k in c.settings})
+        return keys, {}, {}
+    hints = typing.get_type_hints(cls)
+    keys = [f.name for f in fields(cls) if f.name != "source_path"]
+    aliases = {a: f.name for f in fields(cls) for a in f.metadata.get("aliases", ())}
+    subs = {}
+    for name in keys:
+        tp = hints[name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else tp
+        subs[name] = tp if (tp is LossConfig or hasattr(tp, "__dataclass_fields__")) else None
+    return keys, aliases, subs
+
+
+def all_keys(cls: type = None, prefix: str = "") -> list[str]:
+    """Every dotted key a config has: sections and their keys."""
+    cls = cls or Config
+    keys, _, subs = _section_keys(cls)
+    out = []
+    for key in keys:
+        out.append(prefix + key)
+        if subs.get(key) is not None:
+            out += all_keys(subs[key], prefix + key + ".")
+    return out
+
+
+def check_key(key: Any) -> str:
+    """`key`, a dotted config key (aliases resolved: optimizer.learning_rate is
+    optimizer.lr), or a ConfigError naming the closest key: what an override or a sweep axis
+    may set. Values below a key (model.layers[0]...) are the key's own business."""
+    if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"{_show(key)}: not a dotted config key like optimizer.lr.")
+    cls: Any = Config
+    parts = key.split(".")
+    resolved = []
+    for i, part in enumerate(parts):
+        prefix = ".".join(parts[:i])
+        if cls is None:
+            raise ConfigError(f"{key}: '{prefix}' is a value, not a section; set '{prefix}' "
+                              "itself.")
+        known, aliases, subs = _section_keys(cls)
+        part = aliases.get(part, part)
+        if part not in known:
+            word = OTHER_WORDS.get(part)
+            hint = f" Did you mean '{word}'?" if word in known else _suggest(part, known)
+            if hint:  # the whole key with the one part fixed
+                fixed = parts[:i] + [hint.split("'")[1]] + parts[i + 1:]
+                hint = f" Did you mean '{'.'.join(fixed)}'?"
+            else:
+                hint = _suggest(key, all_keys())
+            raise ConfigError(f"{key}: unknown config key.{hint} Valid keys in "
+                              f"{prefix or 'a config'}: {', '.join(known)}.")
+        resolved.append(part)
+        cls = subs.get(part)
+    return ".".join(resolved)
+
+
 # ---- public -------------------------------------------------------------------------------
 def apply_override(data: dict, override: str) -> None:
     """Apply one `dotted.key=value` override to a raw config mapping, in place.

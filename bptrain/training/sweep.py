@@ -42,13 +42,12 @@ from typing import Any
 
 from bptrain.formatting import format_value
 from bptrain.net.data import data_path
-from bptrain.net.config import (Config, _suggest, config_from_dict, dump_config, load_config,
-                            read_yaml_file)
+from bptrain.net.config import (Config, _build, _opt, _suggest, check_key, config_from_dict,
+                                dump_config, load_config, read_yaml_file)
+from bptrain.training import rundir
 from bptrain.errors import (BptrainError, ConfigError, DivergenceError, EXIT_FAILED,
                             EXIT_INTERRUPTED)
 
-SWEEP_KEYS = ("name", "base", "axes", "method", "trials", "metric", "goal", "seed",
-              "max_trials")
 # A sweep's trials are counted (the product of the grid's axis sizes, or `trials`) before any
 # is made, and more than this many are refused at once unless the file raises `max_trials`.
 MAX_TRIALS = 10_000
@@ -58,10 +57,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 METRIC_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")
 METRICS = tuple(f"{w}.{k}" for w in ("best", "final") for k in METRIC_KEYS)
 GOALS = ("maximize", "minimize")
-ALIASES = {"learning_rate": "lr", "hidden_size": "hidden", "hidden_sizes": "hidden",
-           "hidden_units": "hidden", "reg": "strength", "lambda": "strength"}  # other trainers' words
-RUN_FILES = ("config.yaml", "data.json", "metrics.jsonl", "checkpoint.npz", "best.npz",
-             "model.npz", "summary.json")
+RUN_FILES = rundir.FILES
 # BLAS threads per trial: 1. Measured with configs/sweep-digits.yaml on 2 cores: with one
 # worker, 1 or 2 BLAS threads take the same time on an idle machine (the matrices are small) and
 # 2 threads are 3x slower when other jobs use the cores; with two workers, 2 threads each are 4x
@@ -148,63 +144,57 @@ def load_sweep(path: str | Path) -> Sweep:
         raise
 
 
+_AS_GIVEN = {"validator": lambda value, path, ctx: value}  # checked by sweep_from_dict
+
+
+@dataclass
+class SweepFile:
+    """The keys of a sweep file, checked by the config validator like a config's sections
+    (unknown keys with a did-you-mean, types, choices, ranges)."""
+    name: str | None = None               # default: the sweep file's name
+    base: Any = field(default=None, metadata=_AS_GIVEN)   # a config file, or a mapping
+    axes: Any = field(default=None, metadata=_AS_GIVEN)   # key -> values or a distribution
+    method: str = _opt("grid", choices=METHODS)
+    trials: int | None = _opt(None, gt=0)                  # random search: how many to draw
+    max_trials: int = _opt(MAX_TRIALS, gt=0)               # the most trials a sweep may have
+    metric: str = _opt("best.val_acc", choices=METRICS)
+    goal: str | None = _opt(None, choices=GOALS)           # default: by the metric
+    seed: int = _opt(0, ge=0)
+
+
 def sweep_from_dict(data: Any, path: str | Path | None = None) -> Sweep:
     """Validate a raw sweep mapping; `path` (the sweep file) anchors a relative base path."""
     where = str(path) if path else "sweep"
     p = Path(path) if path else None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a sweep file is a mapping with the keys "
-                          f"{', '.join(SWEEP_KEYS)}; got {type(data).__name__}.")
-    for key in data:
-        if key not in SWEEP_KEYS:
-            raise ConfigError(f"{where}: '{key}' is not a sweep key.{_suggest(key, SWEEP_KEYS)}"
-                              f" Valid keys: {', '.join(SWEEP_KEYS)}.")
-    name = data.get("name", p.stem if p else None)
+                          f"{', '.join(f.name for f in fields(SweepFile))}; got "
+                          f"{type(data).__name__}.")
+    try:
+        f = _build(SweepFile, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    name = f.name if f.name is not None else (p.stem if p else None)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ConfigError(f"{where}: name: give the sweep a folder name of letters, digits, "
                           f"'.', '_' and '-' (its runs go to runs/<name>/), got {name!r}.")
-    base = _check_base(data.get("base"), where, p)
-    method = data.get("method", "grid")
-    if method not in METHODS:
-        raise ConfigError(f"{where}: method: choose grid or random, not {method!r}."
-                          f"{_suggest(method, METHODS)}")
-    max_trials = data.get("max_trials", MAX_TRIALS)
-    if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials < 1:
-        raise ConfigError(f"{where}: max_trials: expected a positive integer (the most trials "
-                          f"the sweep may have; default {MAX_TRIALS:,}), got "
-                          f"{_show(max_trials)}.")
-    axes = _check_axes(data.get("axes"), method, where)
-    trials = data.get("trials")
-    if method == "random":
-        if trials is None:
+    base = _check_base(f.base, where, p)
+    axes = _check_axes(f.axes, f.method, where)
+    if f.method == "random":
+        if f.trials is None:
             raise ConfigError(f"{where}: trials: random search needs the number of trials to "
                               "draw, e.g. trials: 20.")
-        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-            raise ConfigError(f"{where}: trials: expected a positive integer, got "
-                              f"{_show(trials)}.")
-        count = trials
+        count = f.trials
     else:
         count = math.prod(len(a.values) for a in axes)
-    _check_count(count, method, axes, max_trials, where)
-    if method == "grid" and trials is not None:
-        n = count
+    _check_count(count, f.method, axes, f.max_trials, where)
+    if f.method == "grid" and f.trials is not None:
         raise ConfigError(f"{where}: trials: only random search draws a number of trials; a "
-                          f"grid runs every combination ({n} here). Remove 'trials' or set "
+                          f"grid runs every combination ({count} here). Remove 'trials' or set "
                           "method: random.")
-    metric = data.get("metric", "best.val_acc")
-    if metric not in METRICS:
-        raise ConfigError(f"{where}: metric: unknown metric {metric!r}.{_suggest(metric, METRICS)}"
-                          f" Choose one of {', '.join(METRICS)} (best = the best value over all "
-                          "evaluations of a trial, final = the last one).")
-    goal = data.get("goal", "maximize" if metric.endswith("_acc") else "minimize")
-    if goal not in GOALS:
-        raise ConfigError(f"{where}: goal: choose maximize or minimize, not {goal!r}."
-                          f"{_suggest(goal, GOALS)}")
-    seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"{where}: seed: expected a non-negative integer, got {seed!r}.")
-    return Sweep(name=name, base=base, axes=axes, method=method, trials=trials, metric=metric,
-                 goal=goal, seed=seed, path=p, max_trials=max_trials)
+    goal = f.goal or ("maximize" if f.metric.endswith("_acc") else "minimize")
+    return Sweep(name=name, base=base, axes=axes, method=f.method, trials=f.trials,
+                 metric=f.metric, goal=goal, seed=f.seed, path=p, max_trials=f.max_trials)
 
 
 def _count_text(n: int) -> str:
@@ -247,49 +237,14 @@ def _check_base(base: Any, where: str, path: Path | None) -> str | dict:
     return str(bp)
 
 
-def _schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted key a config has: sections and their fields."""
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        if f.name == "source_path":
-            continue
-        key = prefix + f.name
-        keys.append(key)
-        if hasattr(hints[f.name], "__dataclass_fields__"):
-            keys += _schema_keys(hints[f.name], key + ".")
-    return keys
-
-
 def _check_axis_key(key: Any, where: str) -> None:
-    if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"{where}: axes: {key!r} is not a dotted config key like "
-                          "optimizer.lr.")
     if key == "name":
         raise ConfigError(f"{where}: axes.name: the sweep names its trials itself; vary "
                           "other keys.")
-    cls: Any = Config
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        prefix = ".".join(parts[:i])
-        if cls is None:
-            raise ConfigError(f"{where}: axes.{key}: '{prefix}' is a value, not a section; "
-                              f"vary '{prefix}' itself.")
-        known = [f.name for f in fields(cls) if f.name != "source_path"]
-        other = {a: f.name for f in fields(cls) for a in f.metadata.get("aliases", ())}
-        part = other.get(part, part)  # learning_rate is lr, as in a config file
-        if part not in known:
-            hint = (f" Did you mean '{ALIASES[part]}'?" if ALIASES.get(part) in known
-                    else _suggest(part, known))
-            if hint:  # the whole key with the one part fixed
-                fixed = parts[:i] + [hint.split("'")[1]] + parts[i + 1:]
-                hint = f" Did you mean '{'.'.join(fixed)}'?"
-            else:
-                hint = _suggest(key, _schema_keys())
-            raise ConfigError(f"{where}: axes.{key}: unknown config key.{hint} Valid keys in "
-                              f"{prefix or 'a config'}: {', '.join(known)}.")
-        tp = typing.get_type_hints(cls)[part]
-        cls = tp if hasattr(tp, "__dataclass_fields__") else None
+    try:
+        check_key(key)  # the config validator's own knowledge of keys, aliases and sections
+    except ConfigError as e:
+        raise ConfigError(f"{where}: axes.{e}") from None
 
 
 def _number(x: Any) -> bool:
