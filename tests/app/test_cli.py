@@ -17,7 +17,7 @@ from bptrain.app.cli import app
 from bptrain.net.config import load_config
 from bptrain.training.runs import evaluate_run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MLP = str(ROOT / "configs" / "mlp.yaml")
 QUICK = ["--set", "train.epochs=2", "--set", "model.hidden=[32]"]
 

@@ -9,7 +9,7 @@ import yaml
 from bptrain.net.config import Config, apply_override, dump_config, load_config
 from bptrain.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 
 ISSUE_EXAMPLE = """\
@@ -347,3 +347,26 @@ def test_explicit_values_beat_per_type_defaults():
     assert o.weight_decay == 0.0
     o = load_config({"optimizer": {"type": "sgd", "weight_decay": 0.1}}).optimizer
     assert o.weight_decay == 0.1
+
+
+def test_an_activation_after_the_output_layer_is_a_config_error():
+    from bptrain.net.config import load_config
+    from bptrain.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"model.layers\[1\].*end with an affine"):
+        load_config({"model": {"layers": [{"type": "affine"}, {"type": "relu"}]}})
+    # a trailing dropout is odd but harmless, and a plain affine ending is fine
+    load_config({"model": {"layers": [{"type": "affine", "units": 5}, {"type": "relu"},
+                                      {"type": "affine"}]}})
+
+
+def test_check_key_knows_every_key_alias_and_section():
+    from bptrain.net.config import all_keys, check_key
+    assert check_key("optimizer.learning_rate") == "optimizer.lr"   # the alias
+    assert check_key("loss.margin") == "loss.margin"                 # a registered loss's setting
+    assert check_key("data.augment.crop_pad") == "data.augment.crop_pad"
+    assert "model.layers" in all_keys() and "train.early_stopping.patience" in all_keys()
+    with pytest.raises(ConfigError, match=r"model.hidden_size: unknown config key. Did you mean "
+                                          r"'model.hidden'\?"):
+        check_key("model.hidden_size")
+    with pytest.raises(ConfigError, match=r"optimizer.lr.x: 'optimizer.lr' is a value"):
+        check_key("optimizer.lr.x")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from bptrain.app.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Training configs; sweep files (sweep-*.yaml) describe searches, not networks.
 ALL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("sweep"))
 # configs with layers other than a dense chain have tests of their own (tests/net/)

@@ -18,7 +18,7 @@ from bptrain.net.data import load_data
 from bptrain.net.model import build_for_data
 from bptrain.training.trainer import SilentReporter, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 METRIC_KEYS = {"epoch", "step", "train_loss", "val_loss", "train_acc", "val_acc", "lr", "seconds"}
 RUN_FILES = ["config.yaml", "metrics.jsonl", "model.npz", "checkpoint.npz", "best.npz",
@@ -349,3 +349,13 @@ def test_zeros_init_warns_at_start_that_symmetry_is_never_broken(tmp_path):
     train(load_config(CONFIGS / "mlp.yaml", ["train.epochs=1"]), out=tmp_path / "h",
           reporter=rec_he)
     assert not any("symmetry" in m for m in rec_he.messages)
+
+
+def test_summary_epochs_count_a_partial_last_epoch(tmp_path):
+    from pathlib import Path
+    from bptrain.net.config import load_config
+    from bptrain.training.trainer import train
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mlp.yaml",
+                      ["train.iterations=30"])  # 23 steps per epoch: 1 full + 7 of the next
+    result = train(cfg, out=tmp_path / "r")
+    assert result.summary["epochs"] == 2 == result.history[-1]["epoch"]

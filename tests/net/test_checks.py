@@ -23,7 +23,7 @@ from bptrain.engine import gates as G
 from bptrain.app.cli import app
 from bptrain.engine.gradcheck import check_gate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 LEARNER = FIXTURES / "learner_gates.py"
 MLP = ROOT / "configs" / "mlp.yaml"

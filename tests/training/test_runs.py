@@ -14,7 +14,7 @@ from bptrain.net.config import load_config
 from bptrain.training.runs import differing_settings, flatten, list_runs, read_run, run_labels
 from bptrain.training.trainer import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MLP = str(ROOT / "configs" / "mlp.yaml")
 BRAILLE = re.compile("[\u2801-\u28ff]")
 
@@ -140,3 +140,20 @@ def test_runs_finds_sweep_trials_and_skips_broken_dirs(two_runs, tmp_path):
     healthy = [r.name for r in found if r.problem is None]
     assert healthy == [os.path.join("sweep1", "trial-001")]
     assert [r.name for r in found if r.problem] == ["broken"]
+
+
+def test_eval_hint_matches_what_the_run_saved(tmp_path):
+    from pathlib import Path
+    from bptrain.errors import DataError
+    from bptrain.training.runs import _load_run_parts as load_run
+    from bptrain.training.trainer import train
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mlp.yaml",
+                      ["train.epochs=1"])
+    run = train(cfg, out=tmp_path / "r").run_dir
+    (run / "model.npz").unlink()  # as if stopped before the end: best.npz exists
+    with pytest.raises(DataError, match="--weights best"):
+        load_run(run)
+    (run / "best.npz").unlink()   # as if diverged before the first evaluation
+    with pytest.raises(DataError, match="saved no weights") as e:
+        load_run(run)
+    assert "--weights best" not in str(e.value)

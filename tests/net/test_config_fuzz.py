@@ -27,7 +27,7 @@ from bptrain.net.config import (Config, ConfigError, activations, apply_override
                                 parse_yaml)
 from conftest import hsettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MLP = ROOT / "configs" / "mlp.yaml"
 EXAMPLES = 60
 

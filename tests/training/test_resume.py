@@ -2,7 +2,7 @@
 `bptrain run --resume DIR` finishes it bit-identically to a run never interrupted.
 
 One module fixture starts every run at once (two in fresh `python -m bptrain` interpreters,
-the rest as forked children, see test_faults.Child), signals each one at a seeded random moment
+the rest as forked children, see tests/processes.py), signals each one at a seeded random moment
 after its first checkpoint appears, checks and resumes them; the tests assert on the results.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bptrain.net.data import load_npz_safely
-from test_faults import MLP, Child
+from processes import MLP, Child  # tests/processes.py
 
 EPOCHS = 30                       # 23 steps an epoch on digits: about a second of training
 SETTINGS = ["--set", f"train.epochs={EPOCHS}"]

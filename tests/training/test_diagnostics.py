@@ -17,7 +17,7 @@ from bptrain.net.data import load_data
 from bptrain.net.model import build_for_data
 from bptrain.training.trainer import Trainer, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MLP = ROOT / "configs" / "mlp.yaml"
 SPIRAL = ROOT / "configs" / "spiral.yaml"
 

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from bptrain.app.cli import app
 from bptrain.net.config import load_config
+from bptrain.training.sanity import _no_reg
 from bptrain.training.sanity import (check_initial_loss, check_overfit, check_regularization,
                             run_sanity)
 from bptrain.net.data import load_data
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MLP = str(ROOT / "configs" / "mlp.yaml")
 SVM = str(ROOT / "configs" / "svm.yaml")
 
@@ -109,3 +110,24 @@ def test_cli_exit_codes(runner, tmp_path):
     assert err.exit_code == 2 and err.output.startswith("error: optimizer.lr")
     missing = runner.invoke(app, ["sanity", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_sanity_drops_dropout_layers_of_an_explicit_layer_list():
+    # README: the overfit check runs with "no regularization or dropout". The shorthand's
+    # model.dropout was zeroed, but dropout layers in model.layers stayed in.
+    cfg = load_config({"model": {"layers": [
+        {"type": "affine", "units": 8}, {"type": "relu"}, {"type": "dropout", "p": 0.9},
+        {"type": "affine"}]}})
+    variant = load_config(cfg, _no_reg(cfg))
+    # the dropout layer keeps its place (a graph may name it) with p = 0: the identity
+    assert [(l["type"], l.get("p")) for l in variant.model.layers] == [
+        ("affine", None), ("relu", None), ("dropout", 0.0), ("affine", None)]
+    assert variant.model.layers[0]["units"] == 8
+    assert variant.regularization.type == "none"
+
+
+def test_sanity_runs_without_optimizer_weight_decay():
+    cfg = load_config({"optimizer": {"type": "adamw", "lr": 1e-3}})
+    assert cfg.optimizer.weight_decay == 0.01
+    assert load_config(cfg, _no_reg(cfg)).optimizer.weight_decay == 0.0
+

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from bptrain.app.chart import Series, chart_lines, format_number, line_chart
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BLANK = (" ", "\u2800")
 # braille dot bits: [row in cell 0..3][column in cell 0..1]
 DOTS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))

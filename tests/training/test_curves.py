@@ -7,7 +7,7 @@ from bptrain.net.config import load_config
 from bptrain.training.curves import save_loss_curves
 from bptrain.training.trainer import train
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_run_writes_a_png_of_its_curves(tmp_path):

@@ -28,7 +28,7 @@ from bptrain.training import rundir  # noqa: E402
 from bptrain.training.tensorboard import scalars  # noqa: E402
 from bptrain.training.trainer import train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MLP = str(ROOT / "configs" / "mlp.yaml")
 
 

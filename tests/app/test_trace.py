@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from bptrain.app.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {"COLUMNS": "200", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE": None,
        "TTY_INTERACTIVE": None}
 
