@@ -265,3 +265,22 @@ def test_cli_prints_and_writes_the_schema(tmp_path):
     out = tmp_path / "bptrain.schema.json"
     r = CliRunner().invoke(app, ["schema", "-o", str(out)])
     assert r.exit_code == 0 and json.loads(out.read_text()) == printed
+
+
+def test_the_committed_schema_file_is_current_and_the_configs_point_at_it():
+    import json as _json
+    import subprocess
+    import sys
+    from pathlib import Path as _Path
+
+    root = _Path(__file__).resolve().parents[2]
+    committed = _json.loads((root / "bptrain.schema.json").read_text())
+    # a fresh interpreter: only the library's gates are registered (no test's own gates)
+    fresh = subprocess.run([sys.executable, "-m", "bptrain", "schema"], capture_output=True,
+                           text=True, check=True, cwd=root).stdout
+    assert committed == _json.loads(fresh), \
+        "bptrain.schema.json is stale: run `bptrain schema -o bptrain.schema.json`"
+    for path in (root / "configs").glob("*.yaml"):
+        if not path.name.startswith("sweep"):  # a sweep file is not a config
+            first = path.read_text().splitlines()[0]
+            assert first == "# yaml-language-server: $schema=../bptrain.schema.json", path
