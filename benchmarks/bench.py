@@ -14,6 +14,9 @@ Workloads:
       blocks h + W2 relu(W1 h + b1) + b2 of width 128, affine 128-10, softmax + L2, SGD
   (e) per-gate overhead: batch 8, 50 hidden ReLU layers of width 8: every gate does almost no
       arithmetic, so the time per gate and step is the graph's own cost (beside PyTorch's)
+  (f) CS231n's ThreeLayerConvNet: batch 50 of 500 random 3x32x32 images, conv 7x7 with 32
+      filters pad 3 - ReLU - 2x2 max pool - affine 100 - ReLU - affine 10, softmax, SGD;
+      the flat column is a hand-written NumPy im2col step of the same math
 bptrain runs through `Trainer.batch` + `Trainer.train_step`, the code path `bptrain run` uses.
 Implementations are interleaved (one block of steps each, in turn, repeated) so that they see
 the same machine conditions; the table shows medians over the blocks.
@@ -52,6 +55,10 @@ WORKLOADS = {
     "e": dict(title="(e) per-gate overhead: 8 x 8-[50 x 8]-8, ReLU, softmax", n=64, batch=8,
               dims=[8] * 52, loss="softmax", bias=True, reg=0.0, lr=1e-3, shuffle=False,
               kind="deep", steps=50),
+    "f": dict(title="(f) ThreeLayerConvNet: 50 x 3x32x32, conv 7x7x32 pad 3 - pool - 100 - 10",
+              n=500, batch=50, dims=[3 * 32 * 32, 100, 10], image=(3, 32, 32), filters=32,
+              size=7, loss="softmax", bias=True, reg=0.0, lr=1e-3, shuffle=True, kind="conv",
+              steps=3),
 }
 
 
@@ -66,8 +73,13 @@ def make_data(w: dict, dtype: str, seed: int = 0):
 
 
 def weight_shapes(w: dict) -> list[tuple[int, int]]:
-    """(fan_in, fan_out) of every weight, in config order (a residual block: W1 then W2)."""
+    """(fan_in, fan_out) of every weight, in config order (a residual block: W1 then W2;
+    a convolution: (C*HH*WW, F))."""
     dims = w["dims"]
+    if w.get("kind") == "conv":
+        C, H, W = w["image"]
+        F, k = w["filters"], w["size"]
+        return [(C * k * k, F), (F * (H // 2) * (W // 2), dims[1]), (dims[1], dims[2])]
     if w.get("kind") == "res":
         d, width, c = dims
         return [(d, width)] + [(width, width)] * (2 * w["blocks"]) + [(width, c)]
@@ -79,6 +91,9 @@ def init_weights(w: dict, dtype: str, seed: int = 1):
     shapes = weight_shapes(w)
     Ws = [(rng.standard_normal((a, b)) * (1.0 if w["loss"] == "mse" else np.sqrt(2.0 / a)))
           .astype(dtype) for a, b in shapes]
+    if w.get("kind") == "conv":  # W1 as filters (F, C, HH, WW)
+        C, k = w["image"][0], w["size"]
+        Ws[0] = np.ascontiguousarray(Ws[0].T.reshape(w["filters"], C, k, k))
     if w.get("kind") == "res":  # each block's second weight small: h stays O(1) over 20 blocks
         for k in range(2, len(Ws) - 1, 2):
             Ws[k] *= 0.1
@@ -90,6 +105,12 @@ def model_config(w: dict) -> dict:
     """The `model` section bptrain builds each workload from."""
     kind = w.get("kind", "mlp")
     init = "gaussian" if w["loss"] == "mse" else "he"
+    if kind == "conv":
+        pad = w["size"] // 2
+        return {"layers": [{"type": "conv", "filters": w["filters"], "size": w["size"],
+                            "pad": pad}, {"type": "relu"}, {"type": "maxpool"},
+                           {"type": "affine", "units": w["dims"][1]}, {"type": "relu"},
+                           {"type": "affine"}], "init": init}
     if kind == "res":
         d, width, c = w["dims"]
         block = {"type": "residual", "layers": [{"type": "affine", "units": width},
@@ -118,7 +139,8 @@ def bptrain_stepper(w: dict, dtype: str):
         "train": {"batch_size": w["batch"], "shuffle": w["shuffle"], "dtype": dtype,
                   "iterations": 10**9, "eval_every": 10**6}})
     empty = X[:0]
-    data = Dataset(X, y, empty, y[:0], None if w["loss"] == "mse" else w["dims"][-1], "bench")
+    data = Dataset(X, y, empty, y[:0], None if w["loss"] == "mse" else w["dims"][-1], "bench",
+                   image_shape=w.get("image"))
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()), data=data)
     Ws, bs = init_weights(w, dtype)  # the same starting point as the other implementations
     for i, W in enumerate(Ws):
@@ -141,6 +163,8 @@ def bptrain_stepper(w: dict, dtype: str):
 
 # ---- flat NumPy (the note-004 style loop, written out by hand) --------------------------
 def flat_stepper(w: dict, dtype: str):
+    if w.get("kind") == "conv":
+        return flat_conv_stepper(w, dtype)
     if w.get("kind", "mlp") != "mlp":
         return flat_graph_stepper(w, dtype)
     X, y = make_data(w, dtype)
@@ -205,6 +229,64 @@ def flat_stepper(w: dict, dtype: str):
         dW1 = Xb.T @ da1 + reg * W1
         db1 = da1.sum(axis=0)
         for P, G in ((W1, dW1), (b1, db1), (W2, dW2), (b2, db2), (W3, dW3), (b3, db3)):
+            P -= lr * G
+        return loss
+    return step
+
+
+def flat_conv_stepper(w: dict, dtype: str):
+    """Workload (f) by hand, the way a careful NumPy programmer writes CS231n's fast layers:
+    im2col of the padded batch through a strided view (rows (n, h, w), columns (c, i, j)), one
+    matrix multiply, ReLU, 2x2 max pooling by reshape, two affine layers, softmax; backward
+    by the same rules; no dx for the first layer (its input is the data); SGD."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    X, y = make_data(w, dtype)
+    C, H, W = w["image"]
+    X = X.reshape(-1, C, H, W)
+    (Wc, W2, W3), (bc, b2, b3) = init_weights(w, dtype)
+    F, k = w["filters"], w["size"]
+    p = k // 2
+    lr, B = w["lr"], w["batch"]
+    rng = np.random.default_rng([0, 1])
+    n_batches = w["n"] // B
+    state = {"i": 0, "perm": None}
+    rows = np.arange(B)
+
+    def step():
+        if state["i"] % n_batches == 0:
+            state["perm"] = rng.permutation(w["n"])
+        lo = (state["i"] % n_batches) * B
+        Xb, yb = X[state["perm"][lo:lo + B]], y[state["perm"][lo:lo + B]]
+        state["i"] += 1
+        xp = np.pad(Xb, ((0, 0), (0, 0), (p, p), (p, p)))
+        win = sliding_window_view(xp, (k, k), axis=(2, 3))          # (B, C, H, W, k, k)
+        cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(B * H * W, -1)
+        conv = cols @ Wc.reshape(F, -1).T + bc                       # (B H W, F)
+        a = np.maximum(conv, 0).reshape(B, H // 2, 2, W // 2, 2, F)
+        pooled = a.max(axis=(2, 4))                                  # (B, H/2, W/2, F)
+        flat = pooled.transpose(0, 3, 1, 2).reshape(B, -1)           # C order, as bptrain
+        h2 = flat @ W2 + b2
+        a2 = np.maximum(h2, 0)
+        s = a2 @ W3 + b3
+        s -= s.max(axis=1, keepdims=True)
+        e = np.exp(s)
+        prob = e / e.sum(axis=1, keepdims=True)
+        loss = -np.log(prob[rows, yb]).mean()
+        ds = prob
+        ds[rows, yb] -= 1
+        ds /= B
+        dW3, db3 = a2.T @ ds, ds.sum(axis=0)
+        da2 = ds @ W3.T
+        da2[h2 <= 0] = 0
+        dW2, db2 = flat.T @ da2, da2.sum(axis=0)
+        dpooled = (da2 @ W2.T).reshape(B, F, H // 2, W // 2).transpose(0, 2, 3, 1)
+        # the max of each window gets the gradient (ties: every maximum, as masks do)
+        mask = a == pooled[:, :, None, :, None, :]
+        dconv = (mask * dpooled[:, :, None, :, None, :]).reshape(B * H * W, F)
+        dconv[conv.reshape(B * H * W, F) <= 0] = 0
+        dWc = (dconv.T @ cols).reshape(Wc.shape)
+        dbc = dconv.sum(axis=0)
+        for P, G in ((Wc, dWc), (bc, dbc), (W2, dW2), (b2, db2), (W3, dW3), (b3, db3)):
             P -= lr * G
         return loss
     return step
@@ -368,7 +450,13 @@ def torch_stepper(w: dict, dtype: str):
             Xb, yb = X[lo:lo + B], y[lo:lo + B]
         state["i"] += 1
         h = Xb
-        if kind == "res":
+        if kind == "conv":
+            pad = w["size"] // 2
+            h = h.reshape(-1, *w["image"])
+            h = F.max_pool2d(torch.relu(F.conv2d(h, Ws[0], bs[0], padding=pad)), 2)
+            h = torch.relu(torch.addmm(bs[1], h.reshape(len(h), -1), Ws[1]))
+            h = torch.addmm(bs[2], h, Ws[2])
+        elif kind == "res":
             h = torch.relu(torch.addmm(bs[0], h, Ws[0]))
             for k in range(1, len(Ws) - 1, 2):
                 h = h + torch.addmm(bs[k + 1], torch.relu(torch.addmm(bs[k], h, Ws[k])),

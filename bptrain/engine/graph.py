@@ -276,8 +276,9 @@ class Graph:
             for parent, grad in zip(node.inputs, downstream):
                 if grad is None or not parent.requires_grad:
                     continue
-                if np.shape(grad) != np.shape(parent.value):
-                    grad = unbroadcast(np.asarray(grad), np.shape(parent.value))
+                shape = getattr(parent.value, "shape", ())  # attributes: no NumPy dispatch
+                if getattr(grad, "shape", ()) != shape:
+                    grad = unbroadcast(np.asarray(grad), shape)
                 # A new array, never `+=`: the first gradient may be another node's
                 # upstream handed through unchanged (an add gate does that).
                 parent.grad = grad if parent.grad is None else parent.grad + grad

@@ -335,8 +335,8 @@ class Trainer:
         idx = self.perm[lo:lo + self.batch_size]
         if len(idx) < self.batch_size:  # the last, short batch of an epoch
             return self.X[idx], self.y[idx]
-        np.take(self.X, idx, axis=0, out=self._X_batch)
-        np.take(self.y, idx, axis=0, out=self._y_batch)
+        np.take(self.X, idx, axis=0, out=self._X_batch, mode="clip")  # a permutation: valid
+        np.take(self.y, idx, axis=0, out=self._y_batch, mode="clip")
         return self._X_batch, self._y_batch
 
     def train_step(self, X: np.ndarray, y: np.ndarray, lr: float) -> float:

@@ -41,7 +41,9 @@ class Add(Gate):
         for s in in_shapes[1:]:
             if tuple(s) != tuple(in_shapes[0]):
                 raise ValueError(f"add needs inputs of one shape, got {tuple(in_shapes[0])} and "
-                                 f"{tuple(s)}")
+                                 f"{tuple(s)}; give both branches the same width (the units "
+                                 "of the affine layer that ends one of them), or join them "
+                                 "with concat")
         return Built(cls(), {}, tuple(in_shapes[0]))
 
     @classmethod
