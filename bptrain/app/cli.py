@@ -91,6 +91,19 @@ def _report_error(exc: BaseException) -> int:
     return exc.exit_code
 
 
+def _emit(text: str, out: Optional[Path], what: str) -> bool:
+    """Print `text`, or write it to `out` (atomically); True when it went to a file."""
+    if out is None:
+        typer.echo(text, nl=False)
+        return False
+    from bptrain.training.rundir import write_text
+    try:
+        write_text(out, text)
+    except OSError as e:
+        raise BptrainError(f"{out}: cannot write {what} ({e}).") from None
+    return True
+
+
 def command(*args, **kwargs):
     """`app.command`, with the command run inside the one error boundary."""
     def register(fn):
@@ -218,16 +231,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs
     header, rows = prediction_table(run, X)
     text = (json.dumps(table_records(header, rows), indent=1) + "\n" if as_json
             else table_csv(header, rows))
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    from bptrain.training.rundir import write_text
-    try:
-        write_text(out, text)
-    except OSError as e:
-        raise BptrainError(f"{out}: cannot write the predictions ({e}).") from None
-    from bptrain.app.report import make_console
-    make_console(stderr=True).print(f"{len(rows)} predictions ({run.weights}) -> {out}")
+    if _emit(text, out, "the predictions"):
+        from bptrain.app.report import make_console
+        make_console(stderr=True).print(f"{len(rows)} predictions ({run.weights}) -> {out}")
 
 
 @command()
@@ -317,13 +323,7 @@ def trace(expression: str = typer.Argument(..., help='An expression, e.g. "(x + 
         from bptrain.app import figure
         text = {TraceFormat.svg: figure.to_svg, TraceFormat.html: figure.to_html,
                 TraceFormat.dot: figure.to_dot}[fmt](result)
-    if output is None:
-        typer.echo(text, nl=False)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise BptrainError(f"cannot write {output}: {e.strerror or e}.") from None
+    _emit(text, output, "the trace")
 
 
 @command()
@@ -472,15 +472,8 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write t
     import json
     from bptrain.net.schema import config_schema
     text = json.dumps(config_schema(), indent=2) + "\n"
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    from bptrain.training.rundir import write_text
-    try:
-        write_text(out, text)
-    except OSError as e:
-        raise BptrainError(f"{out}: cannot write the schema ({e}).") from None
-    typer.echo(f"wrote {out}")
+    if _emit(text, out, "the schema"):
+        typer.echo(f"wrote {out}")
 
 
 def main() -> None:

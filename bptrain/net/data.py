@@ -502,6 +502,22 @@ def _nonneg(value: Any, key: str) -> float:
 
 # --- csv ------------------------------------------------------------------------------------------
 
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, rows, file line numbers of the rows) of a CSV text file; blank lines (a trailing
+    newline, say) skipped; an unreadable or empty file is a DataError."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot be read as a CSV text file ({e}).") from None
+    lines = [i + 1 for i, row in enumerate(rows) if row]
+    rows = [row for row in rows if row]
+    if not rows:
+        raise DataError(f"{path}: is empty; it needs a header row naming the columns, then one "
+                        "row per sample.")
+    return [h.strip() for h in rows[0]], rows[1:], lines
+
+
 def _load_csv(path: Path, label: str | int | None, classes: Any = None
               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A CSV with a header row: the `label` column is y, every other column a numeric feature.
@@ -518,18 +534,7 @@ def _load_csv(path: Path, label: str | int | None, classes: Any = None
     budget.check(16 * size, f"{path}: reading this {budget.human(size)} CSV",
                  "use a smaller file, or save the arrays with np.savez and use source: npz",
                  DataError)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot be read as a CSV text file ({e}).") from None
-    # File line number of each row, skipping blank lines (a trailing newline, say).
-    lines = [i + 1 for i, row in enumerate(rows) if row]
-    rows = [row for row in rows if row]
-    if not rows:
-        raise DataError(f"{path}: is empty; it needs a header row naming the columns, then one "
-                        "row per sample.")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    header, body, lines = read_csv_rows(path)
     if _all_numbers(header):
         raise DataError(f"{path}: the first row ({', '.join(header[:5])}"
                         f"{', ...' if len(header) > 5 else ''}) is numbers, but a header row "

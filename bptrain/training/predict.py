@@ -243,18 +243,8 @@ def read_inputs(file: str | Path, run: TrainedRun) -> np.ndarray:
 
 
 def _read_csv_inputs(path: Path, run: TrainedRun) -> np.ndarray:
-    from bptrain.net.data import _all_numbers, _is_number
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot be read as a CSV text file ({e}).") from None
-    lines = [i + 1 for i, row in enumerate(rows) if row]
-    rows = [row for row in rows if row]
-    if not rows:
-        raise DataError(f"{path}: is empty; it needs a header row naming the columns, then one "
-                        "row per sample.")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
+    from bptrain.net.data import _all_numbers, _is_number, read_csv_rows
+    header, body, lines = read_csv_rows(path)
     if _all_numbers(header):
         raise DataError(f"{path}: the first row is numbers, but a header row naming the "
                         "columns is required (as in training); add one.")

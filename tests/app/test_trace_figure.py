@@ -311,7 +311,8 @@ def test_output_file_and_formats(tmp_path):
     both = run("x * y", "x=3", "y=5", "--json", "--format", "svg")
     assert both.exit_code == 2 and "two formats" in both.output
     missing = run("x * y", "x=3", "y=5", "--format", "svg", "-o", str(tmp_path / "no" / "f.svg"))
-    assert missing.exit_code == 2 and missing.output.startswith("error: cannot write")
+    assert missing.exit_code == 2 and missing.output.startswith("error: ")
+    assert "cannot write the trace" in " ".join(missing.output.split())
 
 
 # ---- bad values and shapes: one paragraph, exit 2 ------------------------------------------------
