@@ -91,6 +91,11 @@ class Node:
         return self.graph.apply(MatMul(), other, self)
 
 
+def _shape(value: Any) -> tuple[int, ...]:
+    """np.shape without NumPy's dispatch for the usual case, an array (it runs per gradient)."""
+    return value.shape if type(value) is np.ndarray else np.shape(value)
+
+
 class Graph:
     """A computational graph of gates, built once and then run forward and backward many times.
 
@@ -268,17 +273,16 @@ class Graph:
                 downstream = gate.backward(upstream, node.needs_input_grad)
             else:
                 downstream = gate.backward(upstream)
-            if not isinstance(downstream, (tuple, list)):
-                downstream = (downstream,)
+            if type(downstream) is not tuple:
+                downstream = tuple(downstream) if isinstance(downstream, list) else (downstream,)
             if len(downstream) != len(node.inputs):
                 raise ValueError(f"{gate.label()}.backward returned {len(downstream)} "
                                  f"gradients for {len(node.inputs)} inputs")
             for parent, grad in zip(node.inputs, downstream):
                 if grad is None or not parent.requires_grad:
                     continue
-                shape = getattr(parent.value, "shape", ())  # attributes: no NumPy dispatch
-                if getattr(grad, "shape", ()) != shape:
-                    grad = unbroadcast(np.asarray(grad), shape)
+                if _shape(grad) != _shape(parent.value):  # a broadcast input: sum it back
+                    grad = unbroadcast(np.asarray(grad), _shape(parent.value))
                 # A new array, never `+=`: the first gradient may be another node's
                 # upstream handed through unchanged (an add gate does that).
                 parent.grad = grad if parent.grad is None else parent.grad + grad
