@@ -51,3 +51,17 @@ def test_unbroadcast_sums_copies_and_refuses_a_wrong_shape():
     np.testing.assert_array_equal(unbroadcast(np.ones((4, 3)), (4, 1)), np.full((4, 1), 3.0))
     with pytest.raises(ValueError, match="does not fit"):
         unbroadcast(np.ones((2, 3)), (3, 2))
+
+
+def test_every_library_gate_has_a_test_module_and_gradcheck_examples():
+    """A new gate without a test, or without inputs for gradcheck's sweep, fails here."""
+    import re
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    text = " ".join(p.read_text() for p in tests.rglob("test_*.py"))
+    for name in G.__all__:
+        cls = getattr(G, name)
+        assert isinstance(cls, type) and issubclass(cls, Gate)
+        assert re.search(rf"\bG\.{name}\b|\b{name}\(", text), f"{name} has no test"
+        assert cls.examples(np.random.default_rng(0)), f"{name} gives gradcheck no examples"

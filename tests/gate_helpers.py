@@ -1,0 +1,46 @@
+"""What the gate test modules share (tests/engine/gates/test_*.py): input domains, shape
+strategies, and the check of an elementwise gate against its reference formula and against
+centered differences (check_gate, max relative error < 1e-7, float64)."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bptrain.engine.gradcheck import check_gate
+from conftest import assert_gate_passes, away_from_zero
+
+SEEDS = st.integers(0, 2**32 - 1)
+SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
+PAIRS = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1,
+                                          max_side=4)
+
+
+def normal(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def wide(rng, shape):
+    # |x| <= 4 keeps sigmoid's slope above 0.017: a smaller gradient is swamped by the
+    # rounding of the centered difference before it can meet a 1e-7 relative error.
+    return rng.uniform(-4.0, 4.0, size=shape)
+
+
+def away(rng, shape):
+    return away_from_zero(rng, shape, 0.2, 2.0)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.3, 3.0, size=shape)
+
+
+def check_elementwise_unary(make, domain, reference, shape, seed):
+    rng = np.random.default_rng(seed)
+    x = domain(rng, shape)
+    gate = make()
+    out = gate.forward(x.copy())
+    assert np.shape(out) == x.shape
+    np.testing.assert_allclose(out, reference(x), rtol=1e-12, atol=1e-14)
+    assert_gate_passes(check_gate(make(), [x], seed=seed % 1000), [x])
+
+
