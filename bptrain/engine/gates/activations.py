@@ -14,11 +14,10 @@ class Activation(Gate):
 
     @classmethod
     def examples(cls, rng):
-        gate = cls(**{k: s.default for k, s in cls.settings.items()})
-        return [(f"{gate.label()} {tag}", type(gate)(**{k: s.default for k, s in
-                                                         cls.settings.items()}),
-                 [away_from_zero(rng, *shape)]) for tag, shape in (("scalar", ()),
-                                                                   ("array", (4, 3)))]
+        """The gate with its default settings on a scalar and on an array."""
+        defaults = {k: s.default for k, s in cls.settings.items()}
+        return [(f"{cls(**defaults).label()} {tag}", cls(**defaults), [away_from_zero(rng, *shape)])
+                for tag, shape in (("scalar", ()), ("array", (4, 3)))]
 
 
 class ReLU(Activation):
