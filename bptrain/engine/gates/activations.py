@@ -16,7 +16,8 @@ class Activation(Gate):
     def examples(cls, rng):
         """The gate with its default settings on a scalar and on an array."""
         defaults = {k: s.default for k, s in cls.settings.items()}
-        return [(f"{cls(**defaults).label()} {tag}", cls(**defaults), [away_from_zero(rng, *shape)])
+        return [(f"{cls(**defaults).label()} {tag}", cls(**defaults),
+                 [away_from_zero(rng, *shape)])
                 for tag, shape in (("scalar", ()), ("array", (4, 3)))]
 
 
