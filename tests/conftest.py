@@ -18,6 +18,7 @@ for p in (str(ROOT), str(HERE)):
         sys.path.insert(0, p)
 
 from bptrain.engine.graph import Gate  # noqa: E402
+from bptrain.training.trainer import SilentReporter  # noqa: E402
 
 GATE_TOL = 1e-7  # max relative error every gate must meet in float64
 
@@ -61,6 +62,22 @@ class Counting(Gate):
     def backward(self, upstream):
         self.backward_calls += 1
         return (2.0 * upstream,)
+
+
+class Boom(Exception):
+    """What `StopAtStep` raises: a crash part-way through a run."""
+
+
+class StopAtStep(SilentReporter):
+    """A training reporter that crashes the run at `step` (from the step callback), to test
+    what a killed run leaves behind and how it resumes."""
+
+    def __init__(self, step: int):
+        self.at = step
+
+    def step(self, step, epoch, loss):
+        if step == self.at:
+            raise Boom(step)
 
 
 def sigmoid_ref(x):

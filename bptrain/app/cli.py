@@ -148,7 +148,8 @@ def run(config: Optional[Path] = typer.Argument(None, help="The YAML config to t
     cfg = load_config(config, set_) if config is not None else None
     if print_config:
         if cfg is None:
-            cfg = load_config(resume / "config.yaml")
+            from bptrain.training.rundir import CONFIG
+            cfg = load_config(resume / CONFIG)
         typer.echo(dump_config(cfg), nl=False)
         return
     if diagnostics:

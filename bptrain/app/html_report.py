@@ -33,7 +33,6 @@ import numpy as np
 
 from bptrain.errors import BptrainError
 from bptrain.training import rundir
-from bptrain.training.rundir import RunDir
 
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
               "#e377c2")
@@ -303,14 +302,11 @@ def load_view(path: str | Path, label: str | None = None) -> RunView:
     (DataError when the folder is not a run); the model, data and weights are optional:
     where they cannot be loaded the page says why instead."""
     from bptrain.net.config import load_config
-    from bptrain.net.data import load_data, load_npz_safely
+    from bptrain.net.data import load_data
     from bptrain.net.model import build_for_data
-    from bptrain.training.runs import evaluate, read_run
+    from bptrain.training.runs import evaluate, load_weights, read_run
     path = Path(path)
     rec = read_run(path, label)
-    d = RunDir(path)
-    rec.history = d.read_metrics()
-    rec.summary = d.read_summary()
     view = RunView(rec.name, path, rec, (path / rundir.CONFIG).read_text(encoding="utf-8",
                                                                           errors="replace"))
     try:
@@ -331,14 +327,7 @@ def load_view(path: str | Path, label: str | None = None) -> RunView:
             "evaluation")
         return view
     try:
-        arrays = load_npz_safely(path / weights)
-        for name in model.params:
-            if arrays[name].shape != model.params[name].shape:
-                raise ValueError(f"{name} has shape {arrays[name].shape}, the model needs "
-                                 f"{model.params[name].shape}")
-            model.params[name] = arrays[name]
-        if model.buffers:
-            model.load_buffers({k: arrays[k] for k in model.buffers})
+        load_weights(model, path / weights)  # names, shapes, dtypes checked, buffers too
     except (BptrainError, OSError, KeyError, ValueError) as e:
         view.notes["confusion"] = view.notes["weights"] = f"{weights} could not be read ({e})"
         return view

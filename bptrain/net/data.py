@@ -190,17 +190,9 @@ def load_dataset(source: str, *, path: str | None = None, label: str | int | Non
                             f"features (e.g. [1, {X.shape[1]}, 1]).")
         image_shape = shape
     if X_val is not None:
-        X_val, y_val = _check_arrays(X_val, y_val, name, "X_val", "y_val", allow_empty=True)
-        if X_val.shape[1] != X.shape[1] or y_val.shape[1:] != y.shape[1:]:
-            raise DataError(f"{name}: X_val {X_val.shape} / y_val {y_val.shape} do not match "
-                            f"X {X.shape} / y {y.shape}; the validation arrays need the same "
-                            "number of features (and targets) as the training arrays.")
+        X_val, y_val = _check_split(X_val, y_val, X, y, name, "val", "validation")
     if X_test is not None:
-        X_test, y_test = _check_arrays(X_test, y_test, name, "X_test", "y_test", allow_empty=True)
-        if X_test.shape[1] != X.shape[1] or y_test.shape[1:] != y.shape[1:]:
-            raise DataError(f"{name}: X_test {X_test.shape} / y_test {y_test.shape} do not "
-                            f"match X {X.shape} / y {y.shape}; the test arrays need the same "
-                            "number of features (and targets) as the training arrays.")
+        X_test, y_test = _check_split(X_test, y_test, X, y, name, "test", "test")
     held = [a for a in (y_val, y_test) if a is not None and len(a)]
     num_classes = _labels_to_classes(y, np.concatenate(held) if len(held) > 1 else
                                      (held[0] if held else y_val), name, n_classes)
@@ -812,6 +804,17 @@ def _resolve(source: str, path: str, base_dir: str | Path | None) -> Path:
         raise DataError(f"{p}: is not a regular file (a device, pipe or socket); the "
                         f"'{source}' source reads a file saved on disk.")
     return p
+
+
+def _check_split(Xs: Any, ys: Any, X: np.ndarray, y: np.ndarray, name: str, suffix: str,
+                 what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A file's own X_val/y_val (or X_test/y_test): checked like X and y, and of their widths."""
+    Xs, ys = _check_arrays(Xs, ys, name, f"X_{suffix}", f"y_{suffix}", allow_empty=True)
+    if Xs.shape[1] != X.shape[1] or ys.shape[1:] != y.shape[1:]:
+        raise DataError(f"{name}: X_{suffix} {Xs.shape} / y_{suffix} {ys.shape} do not match "
+                        f"X {X.shape} / y {y.shape}; the {what} arrays need the same number "
+                        "of features (and targets) as the training arrays.")
+    return Xs, ys
 
 
 def _check_arrays(X: Any, y: Any, name: str, xname: str, yname: str,

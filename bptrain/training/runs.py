@@ -342,7 +342,7 @@ def read_run(run_dir: str | Path, name: str | None = None, strict: bool = True) 
     from bptrain.net.config import read_yaml_file
     from bptrain.training.rundir import RunDir
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / CONFIG
     if not cfg_path.is_file():
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise DataError(f"{run_dir}: not a run directory ({what}). Runs live in runs/<name>/; "

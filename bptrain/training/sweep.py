@@ -514,8 +514,8 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
         rec.update(status="interrupted", reason="stopped before it started")
         return rec
     try:
-        cfg = config_from_dict(job["config"], source=str(out / "config.yaml"))
-        if job.get("resume") and (out / "checkpoint.npz").is_file():
+        cfg = config_from_dict(job["config"], source=str(out / rundir.CONFIG))
+        if job.get("resume") and (out / rundir.CHECKPOINT).is_file():
             result = train(None, resume=out)
         else:
             if out.exists():
@@ -584,7 +584,7 @@ def default_workers() -> int:
 
 def _same_config(run_dir: Path, cfg: Config) -> bool:
     try:
-        return load_config(run_dir / "config.yaml").to_dict() == cfg.to_dict()
+        return load_config(run_dir / rundir.CONFIG).to_dict() == cfg.to_dict()
     except BptrainError:
         return False
 
@@ -592,7 +592,7 @@ def _same_config(run_dir: Path, cfg: Config) -> bool:
 def finished_record(trial: Trial, run_dir: Path, metric: str, goal: str
                     ) -> dict[str, Any] | None:
     """The record of a trial already finished in run_dir with the same config, else None."""
-    if trial.config is None or not (run_dir / "summary.json").is_file():
+    if trial.config is None or not (run_dir / rundir.SUMMARY).is_file():
         return None
     if not _same_config(run_dir, trial.config):
         return None
@@ -695,7 +695,7 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, backend: str = "local
             if done:
                 row.update(done)
             else:
-                resume = (backend == "local" and (run_dir / "checkpoint.npz").is_file()
+                resume = (backend == "local" and (run_dir / rundir.CHECKPOINT).is_file()
                           and _same_config(run_dir, t.config))
                 jobs.append({"id": t.id, "config": t.config.to_dict(), "out": str(run_dir),
                              "metric": sweep.metric, "goal": sweep.goal, "resume": resume,
@@ -809,7 +809,7 @@ def _progress(job: dict[str, Any], metric: str, goal: str) -> dict[str, Any] | N
 
 
 def _touched_since(run_dir: Path, since: float) -> bool:
-    for name in ("metrics.jsonl", "config.yaml"):
+    for name in (rundir.METRICS, rundir.CONFIG):
         try:
             if (run_dir / name).stat().st_mtime >= since - 1:
                 return True

@@ -15,7 +15,8 @@ from bptrain.net.augment import augment_batch
 from bptrain.net.config import load_config
 from bptrain.net.data import load_data
 from bptrain.net.model import build_for_data, build_model
-from bptrain.training.trainer import SilentReporter, Trainer, train
+from bptrain.training.trainer import Trainer, train
+from conftest import Boom, StopAtStep  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 CONVNET = ROOT / "configs" / "convnet.yaml"
@@ -141,19 +142,6 @@ def test_augment_batch_crops_and_flips_as_drawn():
     assert X[0, 0, 0, 0] == 0  # the input is untouched
 
 
-class Stop(Exception):
-    pass
-
-
-class StopAt(SilentReporter):
-    def __init__(self, at):
-        self.at = at
-
-    def step(self, step, epoch, loss):
-        if step == self.at:
-            raise Stop
-
-
 def _arrays(path):
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
@@ -165,8 +153,8 @@ def test_convnet_with_augmentation_and_batchnorm_resumes_bit_identically(tmp_pat
            "model": {"layers": SMALL}, "optimizer": {"type": "adam", "lr": 0.01},
            "train": {"epochs": 3, "batch_size": 32}}
     a = train(cfg, out=tmp_path / "a")
-    with pytest.raises(Stop):
-        train(cfg, out=tmp_path / "b", reporter=StopAt(7))
+    with pytest.raises(Boom):
+        train(cfg, out=tmp_path / "b", reporter=StopAtStep(7))
     b = train(None, resume=tmp_path / "b")
     A, B = _arrays(a.run_dir / "model.npz"), _arrays(b.run_dir / "model.npz")
     assert set(A) == set(B) and "running_mean1" in A and "running_var1" in A

@@ -23,7 +23,8 @@ from bptrain.net.config import load_config
 from bptrain.net.data import load_data
 from bptrain.net.model import build_for_data, build_model
 from bptrain.net.optim import Optimizer
-from bptrain.training.trainer import SilentReporter, train
+from bptrain.training.trainer import train
+from conftest import Boom, StopAtStep  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -635,21 +636,6 @@ def test_accumulate_with_batchnorm_is_per_micro_batch(tmp_path):
 
 
 # ---- resume -------------------------------------------------------------------------------
-class Boom(Exception):
-    pass
-
-
-class StopAtStep(SilentReporter):
-    """A crash part-way: raises from the step callback at `step`."""
-
-    def __init__(self, step: int):
-        self.at = step
-
-    def step(self, step, epoch, loss):
-        if step == self.at:
-            raise Boom(step)
-
-
 def npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}

@@ -15,6 +15,7 @@ from bptrain.errors import ConfigError
 from bptrain.net.config import ScheduleConfig, load_config
 from bptrain.net.schedules import Schedule
 from bptrain.training.trainer import SilentReporter, train
+from conftest import Boom, StopAtStep  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 MLP = ROOT / "configs" / "mlp.yaml"
@@ -222,19 +223,6 @@ def test_early_stopping_on_val_acc_and_its_messages(tmp_path):
     assert any("early stopping" in m and f"epoch {stop['restored_epoch']}" in m for m in messages)
 
 
-class Boom(Exception):
-    pass
-
-
-class CrashAt(SilentReporter):
-    def __init__(self, at):
-        self.at = at
-
-    def step(self, step, epoch, loss):
-        if step == self.at:
-            raise Boom(step)
-
-
 RESUMABLE = SMALL + NEVER_BETTER + [
     "train.epochs=20", "train.early_stopping.patience=4", "model.dropout=0.1",
     "schedule.type=plateau", "schedule.patience=0", "schedule.threshold=0.3",
@@ -252,7 +240,7 @@ def stopped_reference(tmp_path_factory):
 def test_stop_part_way_and_resume_is_bit_identical(stopped_reference, tmp_path, at):
     run = tmp_path / "run"
     with pytest.raises(Boom):
-        train(load_config(MLP, RESUMABLE), out=run, reporter=CrashAt(at))
+        train(load_config(MLP, RESUMABLE), out=run, reporter=StopAtStep(at))
     train(None, resume=run)
     assert_same_files(run, stopped_reference)
     lrs = [r["lr"] for r in metrics(run)]

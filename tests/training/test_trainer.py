@@ -17,6 +17,7 @@ from bptrain.training.runs import _load_run_parts as load_run, evaluate_run
 from bptrain.net.data import load_data
 from bptrain.net.model import build_for_data
 from bptrain.training.trainer import SilentReporter, train
+from conftest import Boom, StopAtStep  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -246,21 +247,6 @@ def test_softmax_on_regression_data_is_an_error(tmp_path):
 
 
 # ---- resume ------------------------------------------------------------------------------------
-
-class Boom(Exception):
-    pass
-
-
-class StopAtStep(SilentReporter):
-    """Simulates a crash: raises from the step callback at `step`."""
-
-    def __init__(self, step: int):
-        self.at = step
-
-    def step(self, step, epoch, loss):
-        if step == self.at:
-            raise Boom(step)
-
 
 def test_resume_continues_bit_identically(tmp_path):
     overrides = ("train.epochs=4", "model.hidden=[32]", "model.dropout=0.2",

@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 from bptrain.engine import gates as G
 from bptrain.engine.gradcheck import check_gate
 from conftest import assert_gate_passes, hsettings
-from gate_helpers import PAIRS, SEEDS, SHAPES, away, check_elementwise_unary, normal, positive
+from gate_helpers import PAIRS, SEEDS, SHAPES, away, normal, positive, unary_gate_tests
 
 UNARY = {
     "Abs": (G.Abs, away, lambda x: np.sqrt(x * x)),
@@ -27,28 +27,8 @@ UNARY_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(UNARY))
-@hsettings(20)
-@given(shape=SHAPES, seed=SEEDS)
-def test_unary_gate(name, shape, seed):
-    check_elementwise_unary(*UNARY[name], shape, seed)
-
-
-@pytest.mark.parametrize("name", sorted(UNARY_VARIANTS))
-@hsettings(10)
-@given(shape=SHAPES, seed=SEEDS)
-def test_unary_gate_variant(name, shape, seed):
-    check_elementwise_unary(*UNARY_VARIANTS[name], shape, seed)
-
-
-@pytest.mark.parametrize("name", sorted(UNARY) + sorted(UNARY_VARIANTS))
-def test_unary_gate_on_0d_scalar(name):
-    make, domain, reference = {**UNARY, **UNARY_VARIANTS}[name]
-    x = domain(np.random.default_rng(5), ())
-    out = make().forward(x)
-    assert np.shape(out) == ()
-    np.testing.assert_allclose(out, reference(x), rtol=1e-12)
-    assert_gate_passes(check_gate(make(), [x]), [x])
+test_unary_gate, test_unary_gate_variant, test_unary_gate_on_0d_scalar = \
+    unary_gate_tests(UNARY, UNARY_VARIANTS)
 
 
 # ---- elementwise binary gates: name -> (make gate, inputs maker, reference forward) --------
